@@ -1,0 +1,176 @@
+"""CDVAE-format CSV splits -> canonical CrystalTable, cached as Parquet.
+
+Each row's ``cif`` is parsed and canonicalised (crysray.structures, docs/crysbfn.md §1) in a
+process pool. Rows that fail are skipped and counted, never fatal. The result is cached under
+a key made of the file's sha256 and PROCESSING_VERSION, so a second load reads Parquet only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import uuid
+from collections import Counter
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crysray.data.dataset import CrystalTable
+from crysray.structures import canonical_structure, parse_cif, structure_to_arrays
+
+logger = logging.getLogger("crysray.data")
+
+# Bump whenever parsing or canonicalisation changes: it invalidates every cached table.
+PROCESSING_VERSION = "crysray-csv-1:niggli,from_parameters,wrap01"
+CHUNK_ROWS = 256  # rows per pool task: large enough to amortise pickling, small for balance
+
+Row = tuple[np.ndarray, np.ndarray, np.ndarray]  # lattice (3, 3), frac (n, 3), Z (n,)
+
+
+def default_data_dir() -> Path:
+    """$CRYSRAY_DATA_DIR, else ``../shared/data`` next to the repository root."""
+    if env := os.environ.get("CRYSRAY_DATA_DIR"):
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[2]  # crysray/data/csv.py -> repo root
+    return repo_root.parent / "shared" / "data"
+
+
+def default_cache_dir() -> Path:
+    """$CRYSRAY_CACHE, else ``~/.cache/crysray``."""
+    return Path(os.environ.get("CRYSRAY_CACHE") or Path.home() / ".cache" / "crysray")
+
+
+def dataset_path(name: str, split: str, data_dir: str | Path | None = None) -> Path:
+    """``<data_dir>/<name>/<split>.csv`` or ``.csv.gz``, whichever exists."""
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    candidates = [folder / name / f"{split}.csv", folder / name / f"{split}.csv.gz"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"no {split}.csv(.gz) for dataset {name!r} in {folder / name} "
+        "(set CRYSRAY_DATA_DIR to the folder holding the dataset directories)"
+    )
+
+
+def load_split(
+    path: str | Path, cache_dir: str | Path | None = None, workers: int = 2
+) -> CrystalTable:
+    """Canonical crystals of a CSV split, from the Parquet cache when possible.
+
+    Args:
+        path: CDVAE-format ``.csv`` or ``.csv.gz`` with a ``cif`` column.
+        cache_dir: where cached tables live (default ``default_cache_dir()``).
+        workers: processes used to parse CIFs on a cache miss (<= 1: in this process).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: no row of the file gives a usable crystal.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: dataset file not found")
+    data = path.read_bytes()
+    cache = _cache_file(path, data, Path(cache_dir) if cache_dir else default_cache_dir())
+    if cache.is_file():
+        try:
+            return CrystalTable.from_parquet(cache)
+        except Exception as e:  # a truncated or foreign file: rebuild it
+            logger.warning("%s: unreadable cache %s (%s), rebuilding", path, cache, e)
+    table, _ = process_csv(path, data, workers=workers)
+    _write_cache(table, cache)
+    return table
+
+
+def process_csv(
+    path: str | Path, data: bytes | None = None, workers: int = 2
+) -> tuple[CrystalTable, Counter]:
+    """Parse and canonicalise every row (no cache). Returns (table, skip reasons -> counts)."""
+    path = Path(path)
+    frame = _read_frame(path, data if data is not None else path.read_bytes())
+    results = _map_rows(frame["cif"].tolist(), workers)
+    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    skipped = Counter(r for r in results if isinstance(r, str))
+    n_skipped = sum(skipped.values())
+    if n_skipped:
+        reasons = ", ".join(f"{reason}: {k}" for reason, k in skipped.most_common())
+        logger.warning("%s: skipped %d of %d rows (%s)", path, n_skipped, len(frame), reasons)
+    else:
+        logger.info("%s: loaded all %d rows", path, len(frame))
+    if not good:
+        raise ValueError(f"{path}: no usable crystals ({len(frame)} rows, {n_skipped} skipped)")
+    table = CrystalTable.from_arrays(
+        material_id=frame["material_id"].iloc[good].tolist(),
+        lattices=[results[i][0] for i in good],
+        fracs=[results[i][1] for i in good],
+        types=[results[i][2] for i in good],
+    )
+    return table, skipped
+
+
+def _read_frame(path: Path, data: bytes) -> pd.DataFrame:
+    """``material_id`` (str) and ``cif`` (str or NaN) columns of the CSV bytes."""
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype={"material_id": str})
+    except pd.errors.EmptyDataError:  # a zero-byte file: no header, no rows
+        frame = pd.DataFrame({"cif": []})
+    if "cif" not in frame.columns:
+        raise ValueError(f"{path}: no 'cif' column (columns: {list(frame.columns)})")
+    if "material_id" not in frame.columns:
+        frame["material_id"] = [str(i) for i in range(len(frame))]
+    return frame[["material_id", "cif"]]
+
+
+def _map_rows(cifs: list, workers: int) -> list[Row | str]:
+    chunks = [cifs[i : i + CHUNK_ROWS] for i in range(0, len(cifs), CHUNK_ROWS)]
+    if workers <= 1 or len(chunks) <= 1:
+        done = [_process_chunk(c) for c in chunks]
+    else:
+        with Pool(min(workers, len(chunks))) as pool:
+            done = pool.map(_process_chunk, chunks, chunksize=1)
+    return [r for chunk in done for r in chunk]
+
+
+def _process_chunk(cifs: list) -> list[Row | str]:
+    return [_process_row(cif) for cif in cifs]
+
+
+def _process_row(cif) -> Row | str:
+    """Canonical arrays of one CIF, or the short reason it was skipped."""
+    if not isinstance(cif, str) or not cif.strip():
+        return "missing cif"
+    try:
+        structure = parse_cif(cif)
+    except ValueError as e:
+        return str(e).split(":", 1)[0]
+    try:
+        return structure_to_arrays(canonical_structure(structure))
+    except Exception as e:  # Niggli reduction can fail on pathological cells
+        return f"canonicalisation failed ({type(e).__name__})"
+
+
+def _cache_file(path: Path, data: bytes, cache_dir: Path) -> Path:
+    digest = hashlib.sha256(data)
+    digest.update(PROCESSING_VERSION.encode())
+    stem = path.name.split(".")[0]
+    return cache_dir / f"{path.parent.name}-{stem}-{digest.hexdigest()[:24]}.parquet"
+
+
+def _write_cache(table: CrystalTable, cache: Path) -> None:
+    # Write to a unique temporary name and rename, so concurrent loaders (one per DDP rank)
+    # never read a half-written file.
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(tmp)
+        os.replace(tmp, cache)
+    except OSError as e:  # a read-only cache must not stop training
+        logger.warning("could not write cache %s: %s", cache, e)
+        tmp.unlink(missing_ok=True)

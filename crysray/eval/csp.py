@@ -1,0 +1,114 @@
+"""Crystal structure prediction metrics: match rate and RMSE (docs/crysbfn.md §6).
+
+A prediction matches its target when it is struct-valid (crysray.eval.validity) and
+``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` finds a mapping; its RMSE is
+``get_rms_dist(pred, target)[0]``, normalised by (V/n)^(1/3). Composition is not checked.
+Matching is the slow part (seconds per hundred pairs), so it runs in a process pool.
+"""
+
+from __future__ import annotations
+
+import math
+from multiprocessing import Pool
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
+
+from crysray.eval.validity import structure_validity
+from crysray.structures import arrays_to_structure, structure_to_arrays
+
+# Built once per process (pool workers inherit or rebuild it on import).
+MATCHER = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+
+# Ordered structures travel to workers as (lattice, frac, Z) arrays: cheaper to pickle than
+# Structures, and species become plain elements as in the reference evaluation.
+Packed = tuple[np.ndarray, np.ndarray, np.ndarray] | Structure | None
+
+
+def match_rate_rmse(
+    predictions: list[list[Structure | None]], targets: list[Structure], workers: int = 2
+) -> dict:
+    """CSP match rate and RMSE, for the first candidate and for the best of k.
+
+    Args:
+        predictions: per target, a list of candidate structures (None = failed sample, counted
+            as unmatched); a bare Structure or None is taken as a one-candidate list.
+        targets: ground-truth structures, same order as ``predictions``.
+        workers: processes for matching (<= 1: in this process).
+
+    Returns:
+        ``match_rate`` (first candidate), ``rmse`` (mean over its matches, NaN if none),
+        ``match_rate_at_k`` (any candidate matches), ``rmse_at_k`` (mean over targets of the
+        smallest matched RMSE), ``k`` (most candidates per target) and ``n`` (targets).
+    """
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(targets)} targets")
+    if not targets:
+        raise ValueError("no targets to evaluate")
+    candidates = [p if isinstance(p, (list, tuple)) else [p] for p in predictions]
+    items = [([_pack(c) for c in cands], _pack(t)) for cands, t in zip(candidates, targets)]
+    rms = _map(items, workers)  # per target, per candidate: RMSE or None
+    first = [r[0] if r else None for r in rms]
+    best = [min((v for v in r if v is not None), default=None) for r in rms]
+    rate, rmse = _summary(first)
+    rate_k, rmse_k = _summary(best)
+    return {
+        "match_rate": rate,
+        "rmse": rmse,
+        "match_rate_at_k": rate_k,
+        "rmse_at_k": rmse_k,
+        "k": max(len(c) for c in candidates),
+        "n": len(targets),
+    }
+
+
+def _summary(values: list[float | None]) -> tuple[float, float]:
+    """(fraction not None, mean of the not-None values or NaN)."""
+    matched = [v for v in values if v is not None]
+    rmse = float(np.mean(matched)) if matched else math.nan
+    return len(matched) / len(values), rmse
+
+
+def _map(items: list, workers: int) -> list[list[float | None]]:
+    if workers <= 1 or len(items) < 2:
+        return [_score(item) for item in items]
+    # Several chunks per worker: pairs differ a lot in cost, so this balances the load.
+    chunksize = max(1, math.ceil(len(items) / (workers * 16)))
+    with Pool(workers) as pool:
+        return pool.map(_score, items, chunksize=chunksize)
+
+
+def _score(item: tuple[list[Packed], Packed]) -> list[float | None]:
+    candidates, target = item
+    gt = _unpack(target)
+    return [_rms(c, gt) for c in candidates]
+
+
+def _rms(pred: Packed, gt: Structure) -> float | None:
+    """RMSE of a struct-valid matching prediction, else None (matcher errors included)."""
+    if pred is None:
+        return None
+    if isinstance(pred, Structure):
+        lattice, frac = pred.lattice.matrix, pred.frac_coords
+    else:
+        lattice, frac = pred[0], pred[1]
+    if not structure_validity(lattice, frac):
+        return None
+    try:
+        out = MATCHER.get_rms_dist(_unpack(pred), gt)
+    except Exception:  # a prediction the matcher cannot handle is simply not a match
+        return None
+    return None if out is None else float(out[0])
+
+
+def _pack(s: Structure | None) -> Packed:
+    if s is None or not s.is_ordered:
+        return s
+    return structure_to_arrays(s)
+
+
+def _unpack(p: Packed) -> Structure | None:
+    if p is None or isinstance(p, Structure):
+        return p
+    return arrays_to_structure(*p)

@@ -1,0 +1,103 @@
+"""Bayesian flows of CrysBFN: von Mises on angles, Gaussian on the lattice (docs/crysbfn.md §2-3).
+
+Pure tensor maths, no network. All von Mises draws go through ``NoiseBank``: p_F(theta_i | x)
+is the rotation by x of a law that does not depend on x (y_j = x + eps_j, eps_j ~ vM(0, alpha_j)),
+so exact draws of the x-free random walk S_i = sum_{j<=i} alpha_j e^{i eps_j} are made once per
+N and then rotated to any x (docs §8.7). Each walk is an exact sample; the bank only limits how
+many distinct walks exist (``noise_bank_size``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from crysray.methods.schedule import linear_entropy_alphas
+from crysray.methods.torus import TWO_PI, bessel_ratio, wrap
+
+LOG_EPS = math.log(1e-7)
+
+
+def bayesian_update(m: torch.Tensor, c: torch.Tensor, y: torch.Tensor, alpha):
+    """One von Mises Bayesian update of (m, c) with observation y of accuracy alpha.
+
+    c' e^{i m'} = c e^{i m} + alpha e^{i y}.
+    """
+    re = c * torch.cos(m) + alpha * torch.cos(y)
+    im = c * torch.sin(m) + alpha * torch.sin(y)
+    return torch.atan2(im, re), torch.sqrt(re * re + im * im)
+
+
+class NoiseBank:
+    """Exact random walks S^{(r)}_i, i = 0..N (S_0 = 0), for one schedule alpha_1..alpha_N."""
+
+    def __init__(self, alphas: np.ndarray, size: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        eps = rng.vonmises(0.0, np.broadcast_to(alphas, (size, alphas.size)))  # float64, exact
+        walks = np.cumsum(alphas * np.exp(1j * eps), axis=1)
+        walks = np.concatenate([np.zeros((size, 1)), walks], axis=1)
+        self.angle = torch.from_numpy(np.angle(walks)).float()  # (R, N+1)
+        self.length = torch.from_numpy(np.abs(walks)).float()  # (R, N+1)
+
+    def draw(self, centre: torch.Tensor, index: torch.Tensor, generator=None):
+        """theta_index ~ p_F(. | centre): centre (..., 3) angles, index broadcastable (int).
+
+        Returns (m, c). Where index == 0 (the prior) c = 0 and m is uniform.
+        """
+        rows = torch.randint(0, self.angle.shape[0], centre.shape, generator=generator)
+        index = index.expand_as(centre).cpu()
+        m = wrap(centre + self.angle[rows, index].to(centre.device))
+        c = self.length[rows, index].to(centre.device)
+        prior = (index == 0).to(centre.device)
+        if prior.any():
+            uniform = (torch.rand(centre.shape, generator=generator) * TWO_PI - math.pi).to(m)
+            m = torch.where(prior, uniform, m)
+        return m, c
+
+
+class VonMisesFlow:
+    """Schedule, loss weights and flow draws for N steps (cached per N)."""
+
+    def __init__(self, beta1: float, bank_size: int, seed: int = 0):
+        self.beta1, self.bank_size, self.seed = beta1, bank_size, seed
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, NoiseBank]] = {}
+
+    def tables(self, steps: int) -> tuple[torch.Tensor, torch.Tensor, NoiseBank]:
+        """(alphas (N,), loss weights N alpha A(alpha) (N,), noise bank) for N = steps."""
+        if steps < 1:
+            raise ValueError(f"number of steps N must be >= 1, got {steps}")
+        if steps not in self._cache:
+            alphas = linear_entropy_alphas(steps, float(self.beta1))
+            weights = steps * alphas * bessel_ratio(alphas)
+            # keep the bank near 64 MB whatever N is
+            size = int(max(1024, min(self.bank_size, 8_000_000 // (steps + 1))))
+            bank = NoiseBank(alphas, size, seed=self.seed + steps)
+            self._cache[steps] = (torch.from_numpy(alphas).float(), torch.from_numpy(weights).float(), bank)
+        return self._cache[steps]
+
+    def entropy_condition(self, c: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Normalised log concentration u in [0, ~1]; 0 for the prior (docs §2)."""
+        u = (torch.log(c + 1e-7) - LOG_EPS) / (math.log(self.beta1) - LOG_EPS)
+        return torch.where(index == 0, torch.zeros_like(u), u)
+
+
+class GaussianFlow:
+    """Gaussian Bayesian flow of the normalised lattice: gamma(t) = 1 - sigma1^(2t)."""
+
+    def __init__(self, sigma1: float):
+        self.sigma1 = sigma1
+
+    def gamma(self, t: torch.Tensor) -> torch.Tensor:
+        return 1.0 - self.sigma1 ** (2.0 * t)
+
+    def draw(self, x: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
+        """mu ~ N(gamma x, gamma (1 - gamma)); t broadcastable to x."""
+        g = self.gamma(t)
+        noise = torch.randn(x.shape, generator=generator).to(x)
+        return g * x + torch.sqrt(g * (1.0 - g)) * noise
+
+    def loss_weight(self, index: torch.Tensor, steps: int) -> torch.Tensor:
+        """Discrete-time weight N (1 - sigma1^(2/N)) / (2 sigma1^(2i/N)) (docs §3)."""
+        return steps * (1.0 - self.sigma1 ** (2.0 / steps)) / (2.0 * self.sigma1 ** (2.0 * index / steps))

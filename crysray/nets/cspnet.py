@@ -1,0 +1,100 @@
+"""CSPNet-style message passing shared by the generative methods (docs/crysbfn.md §4, §8.8).
+
+Every crystal is a fully connected graph with self-loops. An edge (i, j) sees the Fourier
+features of the fractional difference wrap(f_j - f_i) and the crystal's lattice Gram matrix
+L L^T, so the node features are invariant to atom permutation (up to the same permutation),
+periodic translation and rotation of the Cartesian frame. Method-specific embeddings and
+output heads live in the method modules; this core maps node features to node features.
+
+Cost: the first edge Linear([h_i, h_j, vec(LL^T), psi]) is split into per-node, per-crystal
+and per-edge parts, and the per-edge projection of psi for all layers is one matmul per
+forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from crysray.types import segment_mean
+
+
+def fully_connected_edges(num_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All ordered pairs (i, j), self-loops included, inside each crystal.
+
+    Returns (src, dst, edge_crystal), each (E,) long with E = sum(n_b^2); edges are grouped by
+    src, so every atom has exactly n_b consecutive edges.
+    """
+    device = num_atoms.device
+    n_sq = num_atoms * num_atoms
+    edge_crystal = torch.repeat_interleave(torch.arange(num_atoms.numel(), device=device), n_sq)
+    atom_offset = torch.cumsum(num_atoms, 0) - num_atoms
+    edge_offset = torch.cumsum(n_sq, 0) - n_sq
+    k = torch.arange(int(n_sq.sum()), device=device) - edge_offset[edge_crystal]
+    n = num_atoms[edge_crystal]
+    src = atom_offset[edge_crystal] + torch.div(k, n, rounding_mode="floor")
+    dst = atom_offset[edge_crystal] + k % n
+    return src, dst, edge_crystal
+
+
+def fourier_features(frac_diff: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """(E, 3) fractional differences -> (E, 6 * num_freqs) [sin(2 pi k d), cos(2 pi k d)]."""
+    k = torch.arange(num_freqs, device=frac_diff.device, dtype=frac_diff.dtype)
+    phase = 2.0 * math.pi * frac_diff.unsqueeze(-1) * k  # (E, 3, K)
+    return torch.cat([phase.sin(), phase.cos()], dim=-1).flatten(1)
+
+
+class EdgeNodeLayer(nn.Module):
+    """One residual message-passing layer with pre-LayerNorm."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.node_to_edge = nn.Linear(hidden, 2 * hidden)  # [W_src h_i + b, W_dst h_j]
+        self.gram_to_edge = nn.Linear(9, hidden, bias=False)
+        self.edge_out = nn.Linear(hidden, hidden)
+        self.node_mlp = nn.Sequential(
+            nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
+        )
+
+    def forward(self, h, gram, psi_proj, src, dst, edge_crystal):
+        h_norm = self.norm(h)
+        src_part, dst_part = self.node_to_edge(h_norm).chunk(2, dim=-1)
+        pre = src_part[src] + dst_part[dst] + self.gram_to_edge(gram)[edge_crystal] + psi_proj
+        edge = nn.functional.silu(self.edge_out(nn.functional.silu(pre)))  # (E, H)
+        agg = segment_mean(edge, src, h.shape[0])
+        return h + self.node_mlp(torch.cat([h_norm, agg], dim=-1))
+
+
+class CSPNet(nn.Module):
+    """Node features (N, H) + fractional coords + lattice -> node features (N, H)."""
+
+    def __init__(self, hidden: int, num_layers: int, num_freqs: int):
+        super().__init__()
+        self.num_freqs = num_freqs
+        self.layers = nn.ModuleList(EdgeNodeLayer(hidden) for _ in range(num_layers))
+        # per-edge part of every layer's first edge Linear, applied in one matmul
+        self.psi_to_edges = nn.Linear(6 * num_freqs, hidden * num_layers, bias=False)
+        self.final_norm = nn.LayerNorm(hidden)
+
+    def forward(self, h, frac_coords, lattice, num_atoms):
+        """h (N, H); frac_coords (N, 3) any real (periodic); lattice (B, 3, 3); num_atoms (B,)."""
+        src, dst, edge_crystal = fully_connected_edges(num_atoms)
+        diff = frac_coords[dst] - frac_coords[src]
+        diff = diff - torch.round(diff)  # minimum image in fractional units
+        psi = fourier_features(diff.detach(), self.num_freqs)
+        psi_proj = self.psi_to_edges(psi).chunk(len(self.layers), dim=-1)
+        gram = (lattice @ lattice.transpose(1, 2)).flatten(1)  # (B, 9), rotation invariant
+        for layer, proj in zip(self.layers, psi_proj):
+            h = layer(h, gram, proj, src, dst, edge_crystal)
+        return self.final_norm(h)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """(B,) times in [0, 1] -> (B, dim) [sin(s t f_k), cos(s t f_k)], f_k = 1e4^(-k/(dim/2-1))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1e4) * torch.arange(half, device=t.device) / (half - 1))
+    arg = (scale * t.float()).unsqueeze(-1) * freqs
+    return torch.cat([arg.sin(), arg.cos()], dim=-1)

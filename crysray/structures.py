@@ -1,0 +1,160 @@
+"""pymatgen at the edges: CIF parsing, canonical cells, Structure <-> CrystalBatch.
+
+Canonical form (docs/crysbfn.md §1): Niggli-reduce (``get_reduced_structure``, no primitive
+search), rebuild the lattice from its parameters with ``Lattice.from_parameters`` so the
+orientation is pymatgen's fixed convention, and wrap fractional coordinates into [0, 1).
+Units: lattice rows are lattice vectors in Angstrom, atom types are atomic numbers Z.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from pymatgen.core import Element, Lattice, Structure
+
+from crysray.types import CrystalBatch
+
+# Below this the cell is treated as degenerate; real crystals are > 1 A^3 per atom.
+MIN_PARSE_VOLUME = 1e-6  # A^3
+NIGGLI_TOL = 1e-5  # pymatgen's default relative tolerance in get_niggli_reduced_lattice
+
+
+def wrap_frac(frac: np.ndarray) -> np.ndarray:
+    """Wrap fractional coordinates into [0, 1).
+
+    ``np.mod(-1e-17, 1.0)`` is exactly 1.0 in float64, so values that land on 1.0 are set to
+    0.0 to keep the half-open interval the networks assume.
+    """
+    out = np.mod(np.asarray(frac, dtype=np.float64), 1.0)
+    out[out >= 1.0] = 0.0
+    return out
+
+
+def canonical_structure(s: Structure) -> Structure:
+    """Niggli cell with pymatgen's fixed lattice orientation and frac coords in [0, 1).
+
+    The lattice depends only on the crystal, not on the input's Cartesian frame or on the
+    choice of (equal-volume) basis. One addition to docs/crysbfn.md §1: Niggli cells with a
+    right angle are made all-obtuse (see ``_obtuse_when_ambiguous``), otherwise rounding noise
+    picks between two valid Niggli cells.
+    """
+    reduced = s.get_reduced_structure()
+    matrix, frac = _obtuse_when_ambiguous(reduced.lattice.matrix, reduced.frac_coords)
+    # from_parameters discards the rotation: only lengths and angles survive.
+    lattice = Lattice.from_parameters(*Lattice(matrix).parameters)
+    return Structure(lattice, reduced.species, wrap_frac(frac))
+
+
+def _obtuse_when_ambiguous(
+    matrix: np.ndarray, frac: np.ndarray, tol: float = NIGGLI_TOL
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resolve the sign ambiguity of Niggli cells that have a right angle.
+
+    If some angle is 90 degrees within the Niggli tolerance, both the all-acute (type I) and
+    the all-obtuse (type II) form satisfy the Niggli conditions, and float noise in the input
+    (a rotated frame, another basis) decides which one pymatgen returns. Negating two basis
+    vectors (a proper change of basis, volume unchanged) flips the sign of two of the three
+    cosines; pick the first such flip that makes the cell all-obtuse, so the choice is fixed.
+
+    Args:
+        matrix: (3, 3) Niggli-reduced lattice, rows are vectors, A.
+        frac: (n, 3) fractional coordinates in that basis.
+    """
+    eps = tol * abs(np.linalg.det(matrix)) ** (1 / 3)  # as pymatgen's Niggli reduction
+    # dots[i] = 2 v_j . v_k for the pair of vectors other than i (xi, eta, zeta).
+    dots = 2 * np.array([matrix[1] @ matrix[2], matrix[0] @ matrix[2], matrix[0] @ matrix[1]])
+    if not np.any(np.abs(dots) < eps):
+        return matrix, frac  # no right angle: the Niggli cell is unique
+    for signs in ((1, 1, 1), (-1, -1, 1), (-1, 1, -1), (1, -1, -1)):
+        s = np.array(signs, dtype=np.float64)
+        flipped = dots * np.array([s[1] * s[2], s[0] * s[2], s[0] * s[1]])
+        if np.all(flipped < eps):
+            # Cartesian positions f @ M = (f * s) @ (diag(s) M) are unchanged.
+            return matrix * s[:, None], frac * s
+    return matrix, frac
+
+
+def parse_cif(cif: str) -> Structure:
+    """Parse one ordered crystal from a CIF string.
+
+    Raises:
+        ValueError: ``"<reason>: <detail>"`` with reason one of ``missing cif``,
+            ``unparseable CIF``, ``unknown element``, ``disordered sites``, ``bad volume``.
+    """
+    if not isinstance(cif, str) or not cif.strip():
+        raise ValueError("missing cif: empty CIF string")
+    # The CIF parser warns about every oddity it repairs and hides the real cause of a
+    # failure (e.g. a singular cell) in a warning, so record them for the error message.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            s = Structure.from_str(cif, fmt="cif")
+        except Exception as e:  # pymatgen raises many exception types on bad input
+            raise ValueError(_parse_failure(e, [str(w.message) for w in caught])) from None
+    _check_structure(s)
+    return s
+
+
+def _parse_failure(error: Exception, messages: list[str]) -> str:
+    detail = " ".join(m.replace("\n", " ") for m in messages[-1:]) or str(error)
+    reason = "unparseable CIF"
+    if any(k in detail.lower() for k in ("singular", "thickness", "volume")):
+        reason = "bad volume"
+    return f"{reason}: {detail[:120]}"
+
+
+def _check_structure(s: Structure) -> None:
+    if not s.is_ordered:
+        raise ValueError("disordered sites: partial occupancies are not supported")
+    for species in s.species:
+        if not isinstance(species, Element) and not isinstance(
+            getattr(species, "element", None), Element
+        ):
+            raise ValueError(f"unknown element: {species}")
+    volume = float(np.linalg.det(s.lattice.matrix))
+    if not np.isfinite(volume) or abs(volume) < MIN_PARSE_VOLUME:
+        raise ValueError(f"bad volume: {volume:.3g} A^3")
+    if not np.all(np.isfinite(s.frac_coords)):
+        raise ValueError("unparseable CIF: non-finite coordinates")
+
+
+def structure_to_arrays(s: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lattice (3, 3) float64 A, frac_coords (n, 3) float64, atomic numbers (n,) int64)."""
+    return (
+        np.array(s.lattice.matrix, dtype=np.float64),
+        np.array(s.frac_coords, dtype=np.float64),
+        np.array(s.atomic_numbers, dtype=np.int64),
+    )
+
+
+def arrays_to_structure(lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> Structure:
+    """Structure from lattice (3, 3) rows in A, frac coords (n, 3) and atomic numbers (n,)."""
+    lattice = Lattice(np.asarray(lattice, dtype=np.float64).reshape(3, 3))
+    species = [int(zi) for zi in np.asarray(z).reshape(-1)]
+    return Structure(lattice, species, np.asarray(frac, dtype=np.float64).reshape(-1, 3))
+
+
+def structures_to_batch(structures: list[Structure]) -> CrystalBatch:
+    """Concatenate structures atom-wise into a float32 CrystalBatch (coordinates as given)."""
+    arrays = [structure_to_arrays(s) for s in structures]
+    return CrystalBatch(
+        frac_coords=torch.from_numpy(np.concatenate([a[1] for a in arrays])).float(),
+        lattice=torch.from_numpy(np.stack([a[0] for a in arrays])).float(),
+        atom_types=torch.from_numpy(np.concatenate([a[2] for a in arrays])).long(),
+        num_atoms=torch.tensor([len(a[2]) for a in arrays], dtype=torch.long),
+    )
+
+
+def batch_to_structures(batch: CrystalBatch) -> list[Structure]:
+    """One Structure per crystal of ``batch`` (tensors moved to CPU, float64)."""
+    counts = batch.num_atoms.tolist()
+    fracs = batch.frac_coords.detach().cpu().double().numpy()
+    types = batch.atom_types.detach().cpu().numpy()
+    lattices = batch.lattice.detach().cpu().double().numpy()
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [
+        arrays_to_structure(lattices[b], fracs[lo:hi], types[lo:hi])
+        for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
+    ]

@@ -1,0 +1,152 @@
+"""Training as a plain function over batches (nanoGPT order: lr, step, EMA, log, checkpoint).
+
+``train`` knows nothing about Ray: a distributed caller passes ``wrap_model`` (DDP) and an
+``on_checkpoint`` hook, and shards the batches itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from crysray.config import RunConfig
+from crysray.methods.registry import build_method
+from crysray.train.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from crysray.types import CrystalBatch
+
+log = logging.getLogger("crysray.train")
+
+
+def learning_rate(config: RunConfig, step: int, elapsed_minutes: float) -> float:
+    """Cosine decay from lr to min_lr over whichever budget (steps or minutes) ends first."""
+    t = config.train
+    progress = step / t.max_steps
+    if t.max_minutes > 0:
+        progress = max(progress, elapsed_minutes / t.max_minutes)
+    progress = min(progress, 1.0)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches: Iterable[CrystalBatch], seed: int = 1234) -> float:
+    """Mean loss over batches with a fixed generator, so values are comparable over time."""
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for batch in batches:
+        loss, _ = model.loss(batch, generator)
+        total += float(loss) * batch.num_crystals
+        count += batch.num_crystals
+    return total / max(count, 1)
+
+
+def train(
+    config: RunConfig,
+    epoch_batches: Callable[[int], Iterable[CrystalBatch]],
+    checkpoint_path: str | Path,
+    *,
+    val_batches: Callable[[], Iterable[CrystalBatch]] | None = None,
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    on_checkpoint: Callable[[Path, dict], None] | None = None,
+    is_main: bool = True,
+    rank: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Train until ``max_steps`` or ``max_minutes``; resume from ``checkpoint_path`` if it exists.
+
+    epoch_batches(epoch) yields this worker's batches of one epoch. Every rank must call
+    ``on_checkpoint`` the same number of times (Ray Train requires it); only ``is_main`` writes.
+    """
+    t = config.train
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    model = build_method(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": []}
+    checkpoint_path = Path(checkpoint_path)
+    if checkpoint_path.exists():
+        state = _resume(checkpoint_path, model, ema, optimizer, config)
+        log.info("resumed from %s at step %d", checkpoint_path, state["step"])
+    trained = wrap_model(model)
+    generator = torch.Generator().manual_seed(t.seed * 1000 + rank + state["step"])
+    start = time.monotonic() - state["elapsed"] * 60
+    metrics: dict = {}
+    while not _finished(config, state):
+        for batch in epoch_batches(state["epoch"]):
+            elapsed = (time.monotonic() - start) / 60
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, state["step"], elapsed)
+            loss, metrics = trained(batch.to(device), generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _zero_nonfinite_grads(model)
+            optimizer.step()
+            state["step"] += 1
+            decay = t.ema_decay if state["step"] > t.ema_start else 0.0
+            update_ema(ema, model, decay)
+            state["elapsed"] = (time.monotonic() - start) / 60
+            if is_main and state["step"] % t.log_every == 0:
+                log.info("step %d epoch %d %.1f min lr %.2e %s", state["step"], state["epoch"],
+                         state["elapsed"], optimizer.param_groups[0]["lr"], _fmt(metrics))
+            if state["step"] % t.checkpoint_every == 0 or _finished(config, state):
+                _checkpoint(config, state, model, ema, optimizer, metrics, val_batches,
+                            checkpoint_path, on_checkpoint, is_main)
+            if _finished(config, state):
+                break
+        else:
+            state["epoch"] += 1
+    return {"step": state["step"], "epoch": state["epoch"], "minutes": state["elapsed"], **metrics}
+
+
+def _finished(config: RunConfig, state: dict) -> bool:
+    t = config.train
+    return state["step"] >= t.max_steps or (t.max_minutes > 0 and state["elapsed"] >= t.max_minutes)
+
+
+def _zero_nonfinite_grads(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            p.grad.zero_()
+
+
+def _checkpoint(config, state, model, ema, optimizer, metrics, val_batches, path, hook, is_main):
+    record = {"step": state["step"], "minutes": round(state["elapsed"], 3), "train_loss": metrics.get("loss")}
+    if val_batches is not None:
+        record["val_loss"] = evaluate_loss(ema, val_batches())
+    state["history"].append(record)
+    if is_main:
+        save_checkpoint(path, {
+            "config": config.to_dict(), "ema": ema.state_dict(), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "step": state["step"], "epoch": state["epoch"],
+            "elapsed": state["elapsed"], "history": state["history"], "metrics": record,
+        })
+        log.info("checkpoint %s %s", path, _fmt(record))
+    if hook is not None:
+        hook(path, record)
+
+
+def _resume(path, model, ema, optimizer, config) -> dict:
+    payload = read_checkpoint(path)
+    if payload.get("config") != config.to_dict():
+        raise ValueError(f"{path} holds a run with a different configuration; use another path to start a new run")
+    load_weights(model, payload["model"], str(path))
+    load_weights(ema, payload["ema"], str(path))
+    optimizer.load_state_dict(payload["optimizer"])
+    return {k: payload[k] for k in ("step", "epoch", "elapsed", "history")}
+
+
+def _fmt(d: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())

@@ -1,0 +1,127 @@
+"""crysray.structures: CIF parsing, canonical cells, Structure <-> CrystalBatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+from scipy.spatial.transform import Rotation
+
+from crysray.data.csv import dataset_path
+from crysray.structures import (
+    arrays_to_structure,
+    batch_to_structures,
+    canonical_structure,
+    parse_cif,
+    structures_to_batch,
+    wrap_frac,
+)
+
+
+def _cifs(name: str, split: str, n: int) -> list[str]:
+    return pd.read_csv(dataset_path(name, split), nrows=n)["cif"].tolist()
+
+
+@pytest.fixture(scope="module")
+def perov_cif() -> str:
+    return _cifs("perov_5", "val", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def mixed_structures() -> list[Structure]:
+    """Cubic-ish perovskites plus general MP-20 cells (up to 20 atoms, all lattice systems)."""
+    cifs = _cifs("perov_5", "val", 6) + _cifs("mp_20_pilot", "val", 10)
+    return [parse_cif(c) for c in cifs]
+
+
+def test_round_trip_structure_batch_structure(mixed_structures):
+    canonical = [canonical_structure(s) for s in mixed_structures]
+    batch = structures_to_batch(canonical)
+    assert batch.frac_coords.dtype == batch.lattice.dtype == torch.float32
+    assert batch.num_atoms.tolist() == [len(s) for s in canonical]
+    back = batch_to_structures(batch)
+    matcher = StructureMatcher()
+    for before, after in zip(canonical, back):
+        assert matcher.fit(before, after)
+        assert after.atomic_numbers == before.atomic_numbers
+        np.testing.assert_allclose(after.frac_coords, before.frac_coords, atol=1e-6)
+        np.testing.assert_allclose(after.lattice.matrix, before.lattice.matrix, atol=1e-5)
+
+
+def test_canonical_is_invariant_to_cartesian_rotation(mixed_structures):
+    rotations = Rotation.random(len(mixed_structures), random_state=0).as_matrix()
+    for s, rot in zip(mixed_structures, rotations):
+        rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
+        a, b = canonical_structure(s), canonical_structure(rotated)
+        np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-6)
+        assert StructureMatcher().fit(a, b)
+
+
+@pytest.mark.parametrize(
+    "basis_change",
+    [
+        [[1, 1, 0], [0, 1, 0], [0, 0, 1]],
+        [[0, 1, 0], [0, 0, 1], [1, 0, 0]],
+        [[1, 0, 0], [1, 1, 0], [-1, 0, 1]],
+        [[-1, 0, 0], [0, 1, 0], [0, 2, -1]],
+    ],
+)
+def test_canonical_is_invariant_to_unimodular_basis_change(mixed_structures, basis_change):
+    m = np.array(basis_change, dtype=np.float64)
+    assert abs(abs(np.linalg.det(m)) - 1) < 1e-12  # same cell volume: no supercell
+    for s in mixed_structures:
+        # New basis rows m @ L; Cartesian positions unchanged, so frac' = frac @ inv(m).
+        other = Structure(
+            Lattice(m @ s.lattice.matrix), s.species, s.frac_coords @ np.linalg.inv(m)
+        )
+        a, b = canonical_structure(s), canonical_structure(other)
+        np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-6)
+        assert StructureMatcher().fit(a, b)
+
+
+def test_canonical_fixes_orientation(mixed_structures):
+    for s in mixed_structures:
+        c = canonical_structure(s)
+        expected = Lattice.from_parameters(*c.lattice.parameters).matrix
+        np.testing.assert_allclose(c.lattice.matrix, expected, atol=1e-12)
+        assert c.lattice.volume == pytest.approx(s.lattice.volume, rel=1e-8)
+
+
+def test_frac_coords_are_wrapped_into_unit_interval():
+    frac = np.array([[-1e-17, 1.0, 2.25], [-0.25, 0.999999999, 3.0], [0.5, -1e-300, -2.0]])
+    wrapped = wrap_frac(frac)
+    assert np.all((wrapped >= 0.0) & (wrapped < 1.0))
+    assert wrapped[0, 0] == 0.0  # np.mod(-1e-17, 1) == 1.0 in float64
+    s = Structure(Lattice.cubic(6.0), ["Na", "Cl", "Cl"], frac)
+    c = canonical_structure(s)
+    assert np.all((c.frac_coords >= 0.0) & (c.frac_coords < 1.0))
+
+
+def test_arrays_to_structure():
+    s = arrays_to_structure(4.0 * np.eye(3), np.array([[0, 0, 0], [0.5, 0.5, 0.5]]), [55, 17])
+    assert s.composition.reduced_formula == "CsCl"
+    assert s.lattice.volume == pytest.approx(64.0)
+
+
+def test_parse_cif_accepts_dataset_cif(perov_cif):
+    s = parse_cif(perov_cif)
+    assert len(s) == 5 and s.is_ordered
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda c: "data_nothing\nthis is not a cif\n", "unparseable CIF"),
+        (lambda c: "", "missing cif"),
+        (lambda c: c.replace("_cell_length_a   4.27928426", "_cell_length_a   0.0"), "bad volume"),
+        (lambda c: c.replace("Cu  Cu0", "Xx  Xx0"), "unknown element"),
+        (lambda c: c.replace("0.50000000  0.50000000  1\n", "0.50000000  0.50000000  0.5\n", 1),
+         "disordered sites"),
+    ],
+)
+def test_parse_cif_rejects_bad_input(perov_cif, edit, reason):
+    with pytest.raises(ValueError, match=f"^{reason}"):
+        parse_cif(edit(perov_cif))
