@@ -8,11 +8,12 @@ Units: lattice rows are lattice vectors in Angstrom, atom types are atomic numbe
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
 import torch
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import DummySpecies, Lattice, Structure
 
 from crysray.types import CrystalBatch
 
@@ -91,7 +92,7 @@ def parse_cif(cif: str) -> Structure:
         warnings.simplefilter("always")
         try:
             s = Structure.from_str(cif, fmt="cif")
-        except Exception as e:  # pymatgen raises many exception types on bad input
+        except Exception as e:  # noqa: BLE001 - pymatgen raises many types on bad input
             raise ValueError(_parse_failure(e, [str(w.message) for w in caught])) from None
     _check_structure(s)
     return s
@@ -108,11 +109,10 @@ def _parse_failure(error: Exception, messages: list[str]) -> str:
 def _check_structure(s: Structure) -> None:
     if not s.is_ordered:
         raise ValueError("disordered sites: partial occupancies are not supported")
-    for species in s.species:
-        if not isinstance(species, Element) and not isinstance(
-            getattr(species, "element", None), Element
-        ):
-            raise ValueError(f"unknown element: {species}")
+    # The CIF parser turns unknown symbols (e.g. "Xx") into dummy species instead of failing.
+    unknown = [str(sp) for sp in s.species if isinstance(sp, DummySpecies)]
+    if unknown:
+        raise ValueError(f"unknown element: {', '.join(sorted(set(unknown)))}")
     volume = float(np.linalg.det(s.lattice.matrix))
     if not np.isfinite(volume) or abs(volume) < MIN_PARSE_VOLUME:
         raise ValueError(f"bad volume: {volume:.3g} A^3")
@@ -156,5 +156,5 @@ def batch_to_structures(batch: CrystalBatch) -> list[Structure]:
     bounds = np.concatenate([[0], np.cumsum(counts)])
     return [
         arrays_to_structure(lattices[b], fracs[lo:hi], types[lo:hi])
-        for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
+        for b, (lo, hi) in enumerate(itertools.pairwise(bounds))
     ]

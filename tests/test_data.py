@@ -90,7 +90,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path, messy_frame, val_rows, suffi
 def test_good_rows_are_canonical_structures(table, val_rows):
     structures = table.structures([0, 7, 49])
     matcher = StructureMatcher()
-    for s, cif in zip(structures, val_rows["cif"].iloc[[0, 7, 49]]):
+    for s, cif in zip(structures, val_rows["cif"].iloc[[0, 7, 49]], strict=True):
         expected = canonical_structure(parse_cif(cif))
         assert matcher.fit(s, expected)
         np.testing.assert_allclose(s.lattice.matrix, expected.lattice.matrix, atol=1e-12)
@@ -113,6 +113,13 @@ def test_empty_split_raises_readable_error(tmp_path, val_rows):
     _bad_rows(val_rows).iloc[:2].to_csv(all_bad, index=False)
     with pytest.raises(ValueError, match=r"no usable crystals \(2 rows, 2 skipped\)"):
         load_split(all_bad, cache_dir=tmp_path / "cache")
+
+
+def test_unreadable_file_raises_value_error(tmp_path):
+    path = tmp_path / "broken.csv.gz"
+    path.write_bytes(b"this is not gzip data")
+    with pytest.raises(ValueError, match=r"broken\.csv\.gz: unreadable CSV"):
+        load_split(path, cache_dir=tmp_path / "cache")
 
 
 def test_missing_file_raises(tmp_path):
@@ -178,7 +185,7 @@ def test_batch_gathers_the_right_atoms(table):
 
 def test_shards_are_disjoint_and_equal_length(table):
     sub = table.subset(range(49))  # odd size: one index of wrap-around padding
-    kwargs = dict(batch_size=8, shuffle=True, seed=3, epoch=1, world_size=2)
+    kwargs = {"batch_size": 8, "shuffle": True, "seed": 3, "epoch": 1, "world_size": 2}
     shards = [sub.batch_indices(rank=r, **kwargs) for r in range(2)]
     assert [len(s) for s in shards] == [4, 4]
     seen = [np.concatenate(s) for s in shards]

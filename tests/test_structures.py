@@ -44,7 +44,7 @@ def test_round_trip_structure_batch_structure(mixed_structures):
     assert batch.num_atoms.tolist() == [len(s) for s in canonical]
     back = batch_to_structures(batch)
     matcher = StructureMatcher()
-    for before, after in zip(canonical, back):
+    for before, after in zip(canonical, back, strict=True):
         assert matcher.fit(before, after)
         assert after.atomic_numbers == before.atomic_numbers
         np.testing.assert_allclose(after.frac_coords, before.frac_coords, atol=1e-6)
@@ -53,7 +53,7 @@ def test_round_trip_structure_batch_structure(mixed_structures):
 
 def test_canonical_is_invariant_to_cartesian_rotation(mixed_structures):
     rotations = Rotation.random(len(mixed_structures), random_state=0).as_matrix()
-    for s, rot in zip(mixed_structures, rotations):
+    for s, rot in zip(mixed_structures, rotations, strict=True):
         rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
         a, b = canonical_structure(s), canonical_structure(rotated)
         np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-6)
@@ -118,10 +118,29 @@ def test_parse_cif_accepts_dataset_cif(perov_cif):
         (lambda c: "", "missing cif"),
         (lambda c: c.replace("_cell_length_a   4.27928426", "_cell_length_a   0.0"), "bad volume"),
         (lambda c: c.replace("Cu  Cu0", "Xx  Xx0"), "unknown element"),
-        (lambda c: c.replace("0.50000000  0.50000000  1\n", "0.50000000  0.50000000  0.5\n", 1),
-         "disordered sites"),
+        (
+            lambda c: c.replace("0.50000000  0.50000000  1\n", "0.50000000  0.50000000  0.5\n", 1),
+            "disordered sites",
+        ),
     ],
 )
 def test_parse_cif_rejects_bad_input(perov_cif, edit, reason):
     with pytest.raises(ValueError, match=f"^{reason}"):
         parse_cif(edit(perov_cif))
+
+
+def test_right_angle_niggli_ambiguity_is_resolved():
+    # beta = 89.9 in one basis is beta = 90.1 in the basis (-a, -b, c); with alpha = gamma = 90
+    # both are valid Niggli cells, so the canonical form must pick one.
+    s = Structure(
+        Lattice.from_parameters(5.0, 6.0, 7.0, 90.0, 89.9, 90.0),
+        ["Na", "Cl"],
+        [[0.1, 0.2, 0.3], [0.6, 0.7, 0.8]],
+    )
+    flip = np.array([-1.0, -1.0, 1.0])
+    other = Structure(Lattice(s.lattice.matrix * flip[:, None]), s.species, s.frac_coords * flip)
+    assert other.lattice.angles[1] == pytest.approx(90.1)
+    a, b = canonical_structure(s), canonical_structure(other)
+    np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-6)
+    assert a.lattice.angles[1] == pytest.approx(90.1)  # the all-obtuse choice
+    assert StructureMatcher().fit(a, b)

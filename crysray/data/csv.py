@@ -26,7 +26,7 @@ from crysray.structures import canonical_structure, parse_cif, structure_to_arra
 logger = logging.getLogger("crysray.data")
 
 # Bump whenever parsing or canonicalisation changes: it invalidates every cached table.
-PROCESSING_VERSION = "crysray-csv-1:niggli,from_parameters,wrap01"
+PROCESSING_VERSION = "crysray-csv-2:niggli,obtuse-if-right-angle,from_parameters,wrap01"
 CHUNK_ROWS = 256  # rows per pool task: large enough to amortise pickling, small for balance
 
 Row = tuple[np.ndarray, np.ndarray, np.ndarray]  # lattice (3, 3), frac (n, 3), Z (n,)
@@ -80,7 +80,7 @@ def load_split(
     if cache.is_file():
         try:
             return CrystalTable.from_parquet(cache)
-        except Exception as e:  # a truncated or foreign file: rebuild it
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: rebuild it
             logger.warning("%s: unreadable cache %s (%s), rebuilding", path, cache, e)
     table, _ = process_csv(path, data, workers=workers)
     _write_cache(table, cache)
@@ -115,12 +115,14 @@ def process_csv(
 
 def _read_frame(path: Path, data: bytes) -> pd.DataFrame:
     """``material_id`` (str) and ``cif`` (str or NaN) columns of the CSV bytes."""
-    if path.name.endswith(".gz"):
-        data = gzip.decompress(data)
     try:
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
         frame = pd.read_csv(io.BytesIO(data), dtype={"material_id": str})
     except pd.errors.EmptyDataError:  # a zero-byte file: no header, no rows
         frame = pd.DataFrame({"cif": []})
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise ValueError(f"{path}: unreadable CSV ({type(e).__name__}: {e})") from None
     if "cif" not in frame.columns:
         raise ValueError(f"{path}: no 'cif' column (columns: {list(frame.columns)})")
     if "material_id" not in frame.columns:
@@ -152,7 +154,7 @@ def _process_row(cif) -> Row | str:
         return str(e).split(":", 1)[0]
     try:
         return structure_to_arrays(canonical_structure(structure))
-    except Exception as e:  # Niggli reduction can fail on pathological cells
+    except Exception as e:  # noqa: BLE001 - Niggli reduction can fail on odd cells
         return f"canonicalisation failed ({type(e).__name__})"
 
 

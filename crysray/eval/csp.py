@@ -47,7 +47,9 @@ def match_rate_rmse(
     if not targets:
         raise ValueError("no targets to evaluate")
     candidates = [p if isinstance(p, (list, tuple)) else [p] for p in predictions]
-    items = [([_pack(c) for c in cands], _pack(t)) for cands, t in zip(candidates, targets)]
+    items = [
+        ([_pack(c) for c in cands], _pack(t)) for cands, t in zip(candidates, targets, strict=True)
+    ]
     rms = _map(items, workers)  # per target, per candidate: RMSE or None
     first = [r[0] if r else None for r in rms]
     best = [min((v for v in r if v is not None), default=None) for r in rms]
@@ -97,7 +99,7 @@ def _rms(pred: Packed, gt: Structure) -> float | None:
         return None
     try:
         out = MATCHER.get_rms_dist(_unpack(pred), gt)
-    except Exception:  # a prediction the matcher cannot handle is simply not a match
+    except Exception:  # noqa: BLE001 - a pair the matcher cannot handle is no match
         return None
     return None if out is None else float(out[0])
 

@@ -105,7 +105,8 @@ class CrysBFN(nn.Module):
         """End-back sampling with N = ``steps`` network evaluations."""
         if int(steps) != steps or steps < 1:
             raise ValueError(f"number of steps N must be an integer >= 1, got {steps!r}")
-        _, _, bank = self.coord_flow.tables(int(steps))
+        steps = int(steps)  # an integral float such as 10.0 is accepted above; range() needs an int
+        _, _, bank = self.coord_flow.tables(steps)
         device = self._device()
         num_atoms, atom_types = spec.num_atoms.to(device), spec.atom_types.to(device)
         n_atoms, n_crystals = int(num_atoms.sum()), num_atoms.numel()

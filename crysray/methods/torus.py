@@ -18,7 +18,9 @@ TWO_PI = 2.0 * math.pi
 
 def wrap(x: torch.Tensor) -> torch.Tensor:
     """Wrap angles into [-pi, pi)."""
-    return x - TWO_PI * torch.floor((x + math.pi) / TWO_PI)
+    y = x - TWO_PI * torch.round(x / TWO_PI)  # exact identity on [-pi, pi)
+    # rounding can leave y a hair outside the interval; fold it back
+    return torch.where(y >= math.pi, y - TWO_PI, y).clamp_min(-math.pi)
 
 
 def frac_to_angle(frac: torch.Tensor) -> torch.Tensor:

@@ -140,8 +140,12 @@ def _checkpoint(config, state, model, ema, optimizer, metrics, val_batches, path
 
 def _resume(path, model, ema, optimizer, config) -> dict:
     payload = read_checkpoint(path)
-    if payload.get("config") != config.to_dict():
-        raise ValueError(f"{path} holds a run with a different configuration; use another path to start a new run")
+    saved, current = payload.get("config", {}), config.to_dict()
+    # budgets and logging may change between resumes; the model and its data may not
+    changed = [k for k in ("net", "method", "data") if saved.get(k) != current[k]]
+    if changed:
+        raise ValueError(f"{path} holds a run with a different {'/'.join(changed)} configuration; "
+                         "use another run directory to start a new run")
     load_weights(model, payload["model"], str(path))
     load_weights(ema, payload["ema"], str(path))
     optimizer.load_state_dict(payload["optimizer"])

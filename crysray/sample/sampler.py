@@ -1,0 +1,82 @@
+"""CrystalSampler: one model replica that turns work units into Parquet-ready rows.
+
+A plain callable class with no Ray import: Ray Data (``jobs/mass_sample.py``) builds one per
+actor; tests and benchmarks call it directly. A work unit is reproducible on its own: its
+crystals come from a ``torch.Generator`` seeded by (run seed, work unit), so a retried or
+resumed unit regenerates exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from crysray.sample.schema import batch_to_table
+from crysray.train.checkpoint import checkpoint_hash, load_model
+from crysray.types import CrystalBatch
+
+
+@dataclass(frozen=True)
+class Composition:
+    """A CSP target: atomic numbers of one cell and where they came from."""
+
+    source_id: str
+    atomic_numbers: np.ndarray  # (n,) int
+
+
+def unit_generator(seed: int, work_unit: int) -> torch.Generator:
+    # distinct, well-mixed streams per unit (not seed + unit, which collides across runs)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, work_unit]).generate_state(1)[0]))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class CrystalSampler:
+    """Loads a checkpoint once; ``sample_unit`` generates one work unit's crystals."""
+
+    def __init__(self, checkpoint: str, steps: int, batch_size: int = 512, device: str | None = None,
+                 threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        if steps < 1:
+            raise ValueError(f"number of steps N must be >= 1, got {steps}")
+        self.device = device or default_device()
+        self.model = load_model(checkpoint, self.device)
+        self.checkpoint_hash = checkpoint_hash(checkpoint)
+        self.steps, self.batch_size = int(steps), int(batch_size)
+
+    def sample_unit(self, work_unit: int, seed: int, compositions: list[Composition], first_index: int = 0) -> pa.Table:
+        """Crystals for ``compositions`` (CSP), in batches of ``batch_size``, as one table."""
+        generator = unit_generator(seed, work_unit)
+        tables = []
+        for start in range(0, len(compositions), self.batch_size):
+            chunk = compositions[start : start + self.batch_size]
+            crystals = self.model.sample(composition_batch(chunk), self.steps, generator)
+            tables.append(batch_to_table(
+                crystals, work_unit=work_unit, first_index=first_index + start,
+                source_ids=[c.source_id for c in chunk], method=self.model.name,
+                checkpoint_hash=self.checkpoint_hash, steps=self.steps, seed=seed,
+            ))
+        return pa.concat_tables(tables)
+
+
+def composition_batch(compositions: list[Composition]) -> CrystalBatch:
+    """A CSP spec batch: atom types and counts; coordinates and lattice are placeholders."""
+    z = np.concatenate([c.atomic_numbers for c in compositions]).astype(np.int64)
+    counts = np.array([len(c.atomic_numbers) for c in compositions], dtype=np.int64)
+    return CrystalBatch(
+        frac_coords=torch.zeros((len(z), 3)),
+        lattice=torch.zeros((len(counts), 3, 3)),
+        atom_types=torch.from_numpy(z),
+        num_atoms=torch.from_numpy(counts),
+    )
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,150 @@
+"""The Parquet contract of generated crystals: one row per crystal, versioned.
+
+Columns (SCHEMA_VERSION 1):
+
+| column | type | meaning |
+|---|---|---|
+| sample_id | string | ``{seed}-{work_unit}-{index}``: deterministic, unique within a run |
+| work_unit | int64 | work unit that produced the row |
+| source_id | string | CSP: id of the composition (e.g. material_id); DNG: "" |
+| formula | string | reduced formula (pymatgen) |
+| num_atoms | int32 | atoms in the cell |
+| atomic_numbers | list<int16> | Z per atom |
+| frac_coords | list<float64> | n*3 fractional coordinates, row-major, in [0, 1) |
+| lattice | list<float64> | 9 entries of the 3x3 matrix, rows are lattice vectors, Angstrom |
+| a, b, c | float64 | lattice lengths, Angstrom |
+| alpha, beta, gamma | float64 | lattice angles, degrees |
+| valid_structure | bool | struct-valid: finite lattice, volume >= 0.1 A^3, distances >= 0.5 A |
+| method | string | generative method name |
+| checkpoint_hash | string | sha256 prefix of the checkpoint file |
+| steps | int32 | number of network evaluations N |
+| seed | int64 | run seed |
+
+The schema version and the run configuration are also stored in the file metadata.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+from pymatgen.core import Composition, Lattice, Structure
+
+from crysray.eval.validity import structure_validity
+from crysray.types import CrystalBatch
+
+SCHEMA_VERSION = 1
+
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("work_unit", pa.int64()),
+    ("source_id", pa.string()),
+    ("formula", pa.string()),
+    ("num_atoms", pa.int32()),
+    ("atomic_numbers", pa.list_(pa.int16())),
+    ("frac_coords", pa.list_(pa.float64())),
+    ("lattice", pa.list_(pa.float64())),
+    ("a", pa.float64()), ("b", pa.float64()), ("c", pa.float64()),
+    ("alpha", pa.float64()), ("beta", pa.float64()), ("gamma", pa.float64()),
+    ("valid_structure", pa.bool_()),
+    ("method", pa.string()),
+    ("checkpoint_hash", pa.string()),
+    ("steps", pa.int32()),
+    ("seed", pa.int64()),
+], metadata={"crysray_schema_version": str(SCHEMA_VERSION)})
+
+
+def sample_id(seed: int, work_unit: int, index: int) -> str:
+    return f"{seed}-{work_unit}-{index}"
+
+
+def lattice_parameters(lattice: np.ndarray) -> np.ndarray:
+    """(B, 3, 3) -> (B, 6) a, b, c (A), alpha, beta, gamma (deg); NaN where degenerate."""
+    lengths = np.linalg.norm(lattice, axis=-1)
+    with np.errstate(all="ignore"):
+        def angle(j, k):
+            cos = np.einsum("bi,bi->b", lattice[:, j], lattice[:, k]) / (lengths[:, j] * lengths[:, k])
+            return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        return np.column_stack([lengths, angle(1, 2), angle(0, 2), angle(0, 1)])
+
+
+def batch_to_table(batch: CrystalBatch, *, work_unit: int, first_index: int, source_ids: list[str],
+                   method: str, checkpoint_hash: str, steps: int, seed: int) -> pa.Table:
+    """Rows for the crystals of ``batch``; row k gets index ``first_index + k``."""
+    lattice = batch.lattice.double().numpy()
+    frac = batch.frac_coords.double().numpy()
+    z = batch.atom_types.numpy()
+    counts = batch.num_atoms.numpy()
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    params = lattice_parameters(lattice)
+    valid, formulas = [], []
+    for b in range(len(counts)):
+        atoms = slice(offsets[b], offsets[b + 1])
+        valid.append(structure_validity(lattice[b], frac[atoms]))
+        formulas.append(Composition.from_dict(_count(z[atoms])).reduced_formula)
+    n = len(counts)
+    columns = {
+        "sample_id": [sample_id(seed, work_unit, first_index + k) for k in range(n)],
+        "work_unit": np.full(n, work_unit, dtype=np.int64),
+        "source_id": source_ids,
+        "formula": formulas,
+        "num_atoms": counts.astype(np.int32),
+        "atomic_numbers": pa.ListArray.from_arrays(offsets.astype(np.int32), z.astype(np.int16)),
+        "frac_coords": pa.ListArray.from_arrays((offsets * 3).astype(np.int32), frac.reshape(-1)),
+        "lattice": pa.ListArray.from_arrays(np.arange(0, 9 * n + 1, 9, dtype=np.int32), lattice.reshape(-1)),
+        **{name: params[:, k] for k, name in enumerate(("a", "b", "c", "alpha", "beta", "gamma"))},
+        "valid_structure": valid,
+        "method": [method] * n,
+        "checkpoint_hash": [checkpoint_hash] * n,
+        "steps": np.full(n, steps, dtype=np.int32),
+        "seed": np.full(n, seed, dtype=np.int64),
+    }
+    return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+def _count(z: np.ndarray) -> dict[int, int]:
+    from pymatgen.core import Element
+
+    values, counts = np.unique(z, return_counts=True)
+    return {Element.from_Z(int(v)).symbol: int(c) for v, c in zip(values, counts)}
+
+
+def rows_to_structures(table: pa.Table) -> list[Structure | None]:
+    """One pymatgen Structure per row (None for a row whose lattice cannot be built)."""
+    out = []
+    for row in table.select(["atomic_numbers", "frac_coords", "lattice"]).to_pylist():
+        lattice = np.asarray(row["lattice"]).reshape(3, 3)
+        if not np.isfinite(lattice).all() or abs(np.linalg.det(lattice)) < 1e-8:
+            out.append(None)
+            continue
+        frac = np.asarray(row["frac_coords"]).reshape(-1, 3)
+        out.append(Structure(Lattice(lattice), row["atomic_numbers"], frac))
+    return out
+
+
+def write_structures(table: pa.Table, directory, fmt: str = "cif") -> int:
+    """Write one file per row, named by sample_id (``cif``) or one ``.extxyz`` file."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    structures = rows_to_structures(table)
+    ids = table.column("sample_id").to_pylist()
+    if fmt == "cif":
+        for sid, s in zip(ids, structures):
+            if s is not None:
+                s.to(filename=str(directory / f"{sid}.cif"))
+    elif fmt == "extxyz":
+        from ase.io import write
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures if s is not None]
+        write(str(directory / "structures.extxyz"), atoms, format="extxyz")
+    else:
+        raise ValueError(f"unknown structure format {fmt!r} (cif or extxyz)")
+    return sum(s is not None for s in structures)
+
+
+def provenance_metadata(config: dict) -> dict[bytes, bytes]:
+    return {b"crysray_schema_version": str(SCHEMA_VERSION).encode(), b"crysray_config": json.dumps(config).encode()}
