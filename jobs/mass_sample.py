@@ -1,0 +1,182 @@
+"""Generate crystals at scale: a pool of model replicas on Ray, streamed to Parquet.
+
+Local (embedded Ray, shipped checkpoint, CSP on the Perov-5 test compositions):
+
+    python jobs/mass_sample.py --out outputs/perov5_csp
+
+On a cluster:
+
+    RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python jobs/mass_sample.py --compositions my_formulas.txt --num-samples 1000000 \\
+        --replicas 64 --gpus-per-replica 1 --out /shared/campaign1
+
+Rerunning the same command on the same --out resumes: finished work units are skipped and the
+final dataset holds exactly --num-samples rows with unique sample_ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout or a `ray job submit --working-dir .`
+
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "crysbfn_perov5.pt"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--task", choices=["csp"], default="csp",
+                   help="csp: structures for the compositions in --compositions")
+    p.add_argument("--compositions", type=Path, default=None,
+                   help="text file of cell formulas (one per line) or a CDVAE CSV split; "
+                        "default: the Perov-5 test split")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="rows to generate (default: one per composition); compositions are cycled")
+    p.add_argument("--steps", type=int, default=10, help="network evaluations N per crystal")
+    p.add_argument("--batch-size", type=int, default=256, help="crystals per network call")
+    p.add_argument("--unit-size", type=int, default=1024, help="crystals per work unit (and per file)")
+    p.add_argument("--replicas", type=int, default=1, help="model replicas (Ray actors)")
+    p.add_argument("--cpus-per-replica", type=float, default=None,
+                   help="CPUs reserved per replica (default: fits the local machine, see below)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, help="default: 1 if the cluster has GPUs")
+    p.add_argument("--threads-per-replica", type=int, default=None, help="torch threads per replica")
+    p.add_argument("--out", type=Path, required=True, help="output directory (created, or resumed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
+    return p.parse_args(argv)
+
+
+def validate(args) -> None:
+    for name in ("num_samples", "steps", "batch_size", "unit_size", "replicas"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def plan(args):
+    """Everything checked before Ray starts: bad input fails fast with one line."""
+    from crysray.data.csv import dataset_path
+    from crysray.sample.campaign import CampaignSpec, compositions_digest, open_run
+    from crysray.sample.compositions import read_compositions
+    from crysray.train.checkpoint import checkpoint_hash, read_checkpoint
+
+    validate(args)
+    config = read_checkpoint(args.checkpoint)["config"]
+    if config["method"]["task"] != args.task:
+        raise ValueError(f"{args.checkpoint} is a {config['method']['task']} model, not {args.task}")
+    compositions = read_compositions(args.compositions or dataset_path("perov_5", "test"))
+    spec = CampaignSpec(
+        task=args.task, checkpoint_hash=checkpoint_hash(args.checkpoint),
+        compositions_digest=compositions_digest(compositions),
+        num_samples=args.num_samples or len(compositions), steps=args.steps, seed=args.seed,
+        unit_size=args.unit_size, batch_size=args.batch_size,
+    )
+    return spec, compositions, open_run(args.out, spec)
+
+
+def resources(args, cluster: dict) -> dict:
+    """Per-replica Ray resources.
+
+    On a small machine, reserving a whole CPU per actor starves the tasks that feed the pool,
+    so by default the replicas share all CPUs but half of one.
+    """
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+    cpus = args.cpus_per_replica
+    if cpus is None:
+        cpus = 1.0 if gpus else max(0.25, (cluster.get("CPU", 1) - 0.5) / args.replicas)
+    threads = args.threads_per_replica or max(1, math.floor(cpus)) if not gpus else args.threads_per_replica
+    return {"num_cpus": cpus, "num_gpus": gpus, "threads": threads}
+
+
+def run(args) -> dict:
+    import ray
+    from tqdm import tqdm
+
+    from crysray.sample.campaign import CampaignWorker
+
+    spec, compositions, todo = plan(args)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}} if not args.address else None)
+    res = resources(args, ray.cluster_resources())
+    start = time.perf_counter()
+    rows = valid = 0
+    if todo:
+        # Ray Data over an actor pool: one callable class per replica (the model loads once),
+        # work units as rows, retries of failed actors/tasks by Ray. Each replica writes its
+        # unit file itself, named by unit, so resume is a file listing and rows never pass
+        # through the driver (write_parquet would name files by uuid and lose that).
+        units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
+        summaries = units.map_batches(
+            CampaignWorker,
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=args.replicas),
+            num_cpus=res["num_cpus"],
+            num_gpus=res["num_gpus"],
+            fn_constructor_kwargs={
+                "checkpoint": str(args.checkpoint.resolve()), "out_dir": str(args.out.resolve()),
+                "spec": spec.__dict__, "compositions": compositions, "threads": res["threads"],
+                "device": "cuda" if res["num_gpus"] else "cpu",
+            },
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+        with tqdm(total=spec.num_samples, initial=spec.num_samples - _rows_to_do(spec, todo),
+                  unit="crystal", disable=None) as bar:
+            for summary in summaries.iter_rows():
+                bar.update(int(summary["rows"]))
+    seconds = time.perf_counter() - start
+    return summarize(args.out, spec, todo, seconds)
+
+
+def _rows_to_do(spec, todo) -> int:
+    return sum(spec.unit_range(u)[1] - spec.unit_range(u)[0] for u in todo)
+
+
+def summarize(out_dir: Path, spec, todo, seconds: float) -> dict:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(out_dir / "data", format="parquet").to_table(columns=["sample_id", "valid_structure"])
+    generated = _rows_to_do(spec, todo)
+    return {
+        "rows": table.num_rows,
+        "unique_ids": pc.count_distinct(table.column("sample_id")).as_py(),
+        "valid_fraction": pc.mean(table.column("valid_structure").cast("float64")).as_py(),
+        "generated_now": generated,
+        "crystals_per_second": generated / seconds if seconds > 0 else float("nan"),
+        "wall_seconds": seconds,
+        "output": str(out_dir / "data"),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"mass_sample: error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join([
+        "== crysray mass sampling ==",
+        f"rows in dataset   {summary['rows']} ({summary['unique_ids']} unique sample_ids)",
+        f"valid structures  {summary['valid_fraction']:.1%}",
+        f"generated now     {summary['generated_now']} in {summary['wall_seconds']:.1f} s "
+        f"({summary['crystals_per_second']:.1f} crystals/s)",
+        f"output            {summary['output']}",
+    ]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
