@@ -120,7 +120,8 @@ def _run_model(potential, graphs: list[Data], cells: torch.Tensor, with_forces: 
         return e.detach().double().cpu(), f.detach().double().cpu(), s.cpu()
     e = _energy_only(potential)(batch, lat)[0]
     nan_f = torch.full((batch.num_nodes, 3), float("nan"), dtype=torch.float64)
-    return e.detach().double().cpu(), nan_f, torch.full((len(graphs), 3, 3), float("nan"))
+    nan_s = torch.full((len(graphs), 3, 3), float("nan"), dtype=torch.float64)
+    return e.detach().double().cpu(), nan_f, nan_s
 
 
 def _energy_only(potential):

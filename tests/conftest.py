@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny untrained checkpoint and a small composition file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from crysray.config import load_config
+from crysray.methods.registry import build_method
+from crysray.train.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = ["net.hidden_dim=32", "net.num_layers=1", "net.num_freqs=4", "net.time_dim=16",
+        "method.train_steps=[10]", "method.noise_bank_size=2048"]
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Schedules and parsed splits go to a per-session cache, never the user's."""
+    old = os.environ.get("CRYSRAY_CACHE")
+    os.environ["CRYSRAY_CACHE"] = str(tmp_path_factory.mktemp("crysray-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CRYSRAY_CACHE", None)
+    else:
+        os.environ["CRYSRAY_CACHE"] = old
+
+
+def write_tiny_checkpoint(path: Path, overrides: list[str] = ()) -> Path:
+    config = load_config("crysbfn_perov5", TINY + list(overrides)).replace("data", lattice_std=1.96)
+    model = build_method(config)
+    save_checkpoint(path, {"config": config.to_dict(), "ema": model.state_dict(), "step": 0})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def formulas_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("comp") / "formulas.txt"
+    path.write_text("# perovskites and friends\nSrTiO3\nBaTiO3, my-bto\nCa2Ti2O6\nNaCl\n")
+    return path

@@ -1,0 +1,142 @@
+"""jobs/mass_sample.py on a real local Ray: row counts, unique ids, faults, resume, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO
+
+JOB = [sys.executable, str(REPO / "jobs" / "mass_sample.py")]
+
+
+def run_job(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(JOB + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, **kwargs)
+
+
+def read_rows(out: Path):
+    return ds.dataset(out / "data", format="parquet").to_table()
+
+
+def assert_exactly(out: Path, n: int) -> None:
+    table = read_rows(out)
+    assert table.num_rows == n
+    ids = table.column("sample_id").to_pylist()
+    assert len(set(ids)) == n
+    assert sorted(int(i.split("-")[-1]) for i in ids) == list(range(n))
+
+
+def start_job(*args) -> subprocess.Popen:
+    return subprocess.Popen(JOB + [str(a) for a in args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_units(out: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while len(list((out / "data").glob("unit-*.parquet"))) < count:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no progress"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_two_replicas_write_exactly_n_unique_rows(tiny_checkpoint, formulas_file, tmp_path):
+    out = tmp_path / "run"
+    result = run_job("--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 250,
+                     "--unit-size", 40, "--batch-size", 16, "--replicas", 2, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_exactly(out, 250)
+    table = read_rows(out)
+    # compositions cycle in file order: sample k uses formula k mod 4
+    first = table.sort_by("work_unit").slice(0, 4).column("formula").to_pylist()
+    assert sorted(first) == sorted(["SrTiO3", "BaTiO3", "CaTiO3", "NaCl"])
+    assert set(table.column("steps").to_pylist()) == {10}
+    assert "rows in dataset   250" in result.stdout
+
+
+@pytest.mark.slow
+def test_killed_actor_and_killed_driver_still_end_with_exactly_n(tiny_checkpoint, formulas_file, tmp_path):
+    out = tmp_path / "run"
+    args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 600,
+            "--unit-size", 20, "--batch-size", 20, "--steps", 40, "--replicas", 2, "--out", out]
+    proc = start_job(*args)
+    wait_for_units(out, 2, proc)
+    actors = subprocess.run(["pgrep", "-f", "MapWorker"], capture_output=True, text=True).stdout.split()
+    assert actors, "no sampling actor found"
+    os.kill(int(actors[0]), signal.SIGKILL)  # Ray restarts the actor and retries its unit
+    wait_for_units(out, 8, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    assert len(read_rows(out)) < 600
+    rerun = run_job(*args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_exactly(out, 600)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(tiny_checkpoint, formulas_file, tmp_path):
+    from crysray.sample.campaign import CampaignSpec, CampaignWorker, compositions_digest, open_run
+    from crysray.sample.compositions import read_compositions
+    from crysray.train.checkpoint import checkpoint_hash
+
+    comps = read_compositions(formulas_file)
+    spec = CampaignSpec("csp", checkpoint_hash(tiny_checkpoint), compositions_digest(comps), 30, 5, 7, 8, 8)
+    todo = open_run(tmp_path, spec)
+    assert todo == [0, 1, 2, 3]
+    worker = CampaignWorker(str(tiny_checkpoint), str(tmp_path), spec.__dict__, comps, threads=1)
+    first = worker({"unit": [1]})
+    assert first["rows"].tolist() == [8]
+    before = (tmp_path / "data" / "unit-00000001.parquet").read_bytes()
+    again = CampaignWorker(str(tiny_checkpoint), str(tmp_path), spec.__dict__, comps, threads=1)
+    assert again.run_unit(1)["seconds"] == 0.0  # skipped, not regenerated
+    assert (tmp_path / "data" / "unit-00000001.parquet").read_bytes() == before
+    # a unit regenerated from scratch is identical: rows depend only on (spec, unit)
+    original = pq.read_table(tmp_path / "data" / "unit-00000001.parquet")
+    (tmp_path / "data" / "unit-00000001.parquet").unlink()
+    again.run_unit(1)
+    assert pq.read_table(tmp_path / "data" / "unit-00000001.parquet").equals(original)
+    assert open_run(tmp_path, spec) == [0, 2, 3]
+
+
+@pytest.mark.parametrize("case", ["missing_checkpoint", "unreadable_compositions", "bad_formula", "zero_steps",
+                                  "zero_replicas", "other_run", "foreign_files"])
+def test_bad_input_fails_with_one_line_and_touches_nothing(case, tiny_checkpoint, formulas_file, tmp_path):
+    out = tmp_path / "out"
+    args = {"--checkpoint": tiny_checkpoint, "--compositions": formulas_file, "--out": out, "--steps": 5}
+    if case == "missing_checkpoint":
+        args["--checkpoint"] = tmp_path / "nope.pt"
+    elif case == "unreadable_compositions":
+        bad = tmp_path / "bad.txt"
+        bad.write_bytes(b"\xff\xfe\x00garbage")
+        args["--compositions"] = bad
+    elif case == "bad_formula":
+        bad = tmp_path / "bad.txt"
+        bad.write_text("SrTiO3\nnot a formula!\n")
+        args["--compositions"] = bad
+    elif case == "zero_steps":
+        args["--steps"] = 0
+    elif case == "zero_replicas":
+        args["--replicas"] = 0
+    elif case == "other_run":
+        first = run_job(*sum(([k, v] for k, v in {**args, "--num-samples": 3}.items()), []))
+        assert first.returncode == 0, first.stderr[-2000:]
+        args["--seed"] = 99
+    elif case == "foreign_files":
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} if out.exists() else {}
+    result = run_job(*sum(([k, v] for k, v in args.items()), []))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("mass_sample: error:"), result.stderr
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} if out.exists() else {}
+    assert after == before
