@@ -1,0 +1,51 @@
+"""Fixtures of the funnel tests: the real shared M3GNet potential and a small hull reference.
+
+Everything runs single-threaded (the machine is shared with training jobs) and the reference
+is built from the first rows of the MP-20 pilot train split into a per-session directory.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from crysray.data.csv import dataset_path
+from crysray.filter.potential import default_model_path, load_potential
+from crysray.filter.reference import build_reference
+
+SHARED_MATGL = default_model_path().parent
+REFERENCE_ROWS = 40
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*set_calculator.*")
+
+
+@pytest.fixture(scope="session")
+def potential():
+    return load_potential(SHARED_MATGL / "M3GNet-MP-2021.2.8-PES", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_csv(tmp_path_factory) -> Path:
+    """The first REFERENCE_ROWS rows of the pilot train split, as their own CSV file."""
+    frame = pd.read_csv(dataset_path("mp_20_pilot", "train"), nrows=REFERENCE_ROWS)
+    path = tmp_path_factory.mktemp("reference-data") / "train_head.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reference-cache")
+
+
+@pytest.fixture(scope="session")
+def reference(potential, reference_csv, reference_cache):
+    return build_reference(potential, reference_csv, cache_dir=reference_cache)

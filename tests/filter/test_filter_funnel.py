@@ -1,0 +1,102 @@
+"""crysray.filter.funnel and actor: every row kept, every stage counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from filter_helpers import perturbed, rock_salt
+from pymatgen.core import Lattice, Structure
+
+from crysray.data.csv import load_split
+from crysray.filter.actor import StabilityFunnel
+from crysray.filter.funnel import run_funnel
+from crysray.filter.uniqueness import TrainingSet
+
+
+def row(sample_id: str, lattice, frac, numbers) -> dict:
+    return {"sample_id": sample_id, "lattice": np.asarray(lattice, float).reshape(-1).tolist(),
+            "frac_coords": np.asarray(frac, float).reshape(-1).tolist(), "atomic_numbers": list(numbers)}
+
+
+def from_structure(sample_id: str, s: Structure) -> dict:
+    return row(sample_id, s.lattice.matrix, s.frac_coords, s.atomic_numbers)
+
+
+@pytest.fixture(scope="module")
+def training(reference_csv):
+    return load_split(reference_csv, workers=1)
+
+
+@pytest.fixture(scope="module")
+def table(training) -> pa.Table:
+    mgo = perturbed(Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"],
+                                              [[0, 0, 0], [0.5, 0.5, 0.5]]), 1.03, 0.02)
+    lif = perturbed(Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.03), ["Li", "F"],
+                                              [[0, 0, 0], [0.5, 0.5, 0.5]]), 1.03, 0.02, seed=1)
+    known = training.structures([list(training.material_id).index("mp-30875")])[0]  # Ti2Sn
+    rows = [
+        from_structure("mgo", mgo),
+        from_structure("lif", lif),
+        from_structure("mgo-again", mgo),
+        from_structure("nacl", perturbed(rock_salt(5.69), 1.02, 0.02)),  # Cl: not in the reference
+        from_structure("known", known),
+        row("nan-lattice", np.full((3, 3), np.nan), [[0, 0, 0], [0.5, 0.5, 0.5]], [12, 8]),
+        row("overlap", np.eye(3) * 4.2, [[0, 0, 0], [0.01, 0, 0]], [12, 8]),
+        row("nacl2", np.eye(3) * 5.0, [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5]], [11, 17, 17]),
+        row("malformed", np.eye(3) * 4.0, [[0, 0, 0]], [12, 8]),
+    ]
+    return pa.Table.from_pylist(rows)
+
+
+EXPECTED_COUNTS = {
+    "total": 9,
+    "passed": {"structure": 6, "composition": 7, "unique": 5, "novel": 5, "relax": 3, "hull": 2},
+    "funnel": {"structure": 6, "composition": 5, "unique": 4, "novel": 3, "relax": 3, "hull": 2},
+    "relax_status": {"converged": 3},
+    "hull_status": {"ok": 2, "no_reference": 1},
+    "sun": 2,
+    "sun_fraction": 2 / 9,
+}
+
+
+def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, reference, training):
+    out, counts = run_funnel(table, potential=potential, reference=reference,
+                             training_structures=TrainingSet.from_table(training), relax_steps=300)
+    assert out.num_rows == table.num_rows
+    assert out["sample_id"].to_pylist() == table["sample_id"].to_pylist()
+    seconds = counts.pop("seconds")
+    assert counts == EXPECTED_COUNTS
+    assert list(seconds) == ["structure", "composition", "unique", "novel", "relax", "hull"]
+    by_id = {r["sample_id"]: r for r in out.to_pylist()}
+    assert by_id["mgo-again"]["duplicate_of"] == "mgo" and not by_id["mgo-again"]["unique"]
+    assert by_id["known"]["novel"] is False and by_id["known"]["relax_status"] is None
+    assert by_id["nacl2"]["pass_structure"] and not by_id["nacl2"]["pass_composition"]
+    assert by_id["nacl"]["hull_status"] == "no_reference" and by_id["nacl"]["e_above_hull"] is None
+    for sample_id in ("nan-lattice", "overlap", "malformed"):
+        assert by_id[sample_id]["pass_structure"] is False
+        assert by_id[sample_id]["energy_per_atom"] is None and by_id[sample_id]["pass_relax"] is False
+    mgo = by_id["mgo"]
+    assert mgo["relax_status"] == "converged" and mgo["stable"] and mgo["sun"]
+    assert len(mgo["relaxed_lattice"]) == 9 and len(mgo["relaxed_frac_coords"]) == 3 * 8
+    assert mgo["formation_energy_per_atom"] < -2.0  # MgO: DFT about -3.0 eV/atom
+
+
+def test_cheap_stages_alone_need_no_model(table):
+    out, counts = run_funnel(table, stages=("structure", "composition", "unique"))
+    assert out.num_rows == 9 and "energy_per_atom" not in out.column_names
+    assert counts["funnel"] == {"structure": 6, "composition": 5, "unique": 4}
+    with pytest.raises(ValueError, match="reference"):
+        run_funnel(table, stages=("structure", "relax", "hull"))
+
+
+def test_actor_maps_a_batch(table, reference_csv, reference_cache):
+    actor = StabilityFunnel(training_dataset=reference_csv, reference_datasets=reference_csv,
+                            cache_dir=reference_cache, relax_steps=300)
+    out = actor(table)
+    assert out.num_rows == 9 and out.column_names[: len(table.column_names)] == table.column_names
+    counts = dict(actor.last_counts)
+    counts.pop("seconds")
+    assert counts == EXPECTED_COUNTS
+    again = actor(out)  # re-running replaces the funnel columns instead of duplicating them
+    assert again.column_names == out.column_names
