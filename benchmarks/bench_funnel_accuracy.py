@@ -44,20 +44,27 @@ def test_table(n: int):
     """The first n test crystals as funnel input rows, plus their DFT values."""
     path = dataset_path("mp_20_pilot", "test")
     entries = reference_entries(path, path.read_bytes(), n)
-    table = pa.table({
-        "sample_id": entries["material_id"].to_list(),
-        "atomic_numbers": [z.tolist() for z in entries["atomic_numbers"]],
-        "frac_coords": [f.reshape(-1).tolist() for f in entries["frac_coords"]],
-        "lattice": [lat.reshape(-1).tolist() for lat in entries["lattice"]],
-    })
+    table = pa.table(
+        {
+            "sample_id": entries["material_id"].to_list(),
+            "atomic_numbers": [z.tolist() for z in entries["atomic_numbers"]],
+            "frac_coords": [f.reshape(-1).tolist() for f in entries["frac_coords"]],
+            "lattice": [lat.reshape(-1).tolist() for lat in entries["lattice"]],
+        }
+    )
     return table, entries
 
 
 def errors(predicted: np.ndarray, truth: np.ndarray) -> dict:
     ok = np.isfinite(predicted) & np.isfinite(truth)
     err = predicted[ok] - truth[ok]
-    return {"n": int(ok.sum()), "mae": float(np.abs(err).mean()), "median_ae": float(np.median(np.abs(err))),
-            "mean_error": float(err.mean()), "pearson_r": float(np.corrcoef(predicted[ok], truth[ok])[0, 1])}
+    return {
+        "n": int(ok.sum()),
+        "mae": float(np.abs(err).mean()),
+        "median_ae": float(np.median(np.abs(err))),
+        "mean_error": float(err.mean()),
+        "pearson_r": float(np.corrcoef(predicted[ok], truth[ok])[0, 1]),
+    }
 
 
 def main(n: int = 200, relax_steps: int = 500) -> dict:
@@ -69,30 +76,48 @@ def main(n: int = 200, relax_steps: int = 500) -> dict:
     t_reference = time.perf_counter() - start
     training = TrainingSet.from_table(load_split(dataset_path("mp_20_pilot", "train")))
     table, dft = test_table(n)
-    out, counts = run_funnel(table, potential=potential, reference=reference, training_structures=training,
-                             relax_gate=("structure",), relax_steps=relax_steps)
+    out, counts = run_funnel(
+        table,
+        potential=potential,
+        reference=reference,
+        training_structures=training,
+        relax_gate=("structure",),
+        relax_steps=relax_steps,
+    )
     ef_true = dft["formation_energy_per_atom"].to_numpy()
     ef_relaxed = out["formation_energy_per_atom"].to_numpy(zero_copy_only=False).astype(float)
     e_hull = out["e_above_hull"].to_numpy(zero_copy_only=False).astype(float)
     comps = [Composition(f) for f in dft["formula"]]
-    sp = single_point_energies(potential, np.stack(dft["lattice"].to_list()), dft["frac_coords"].to_list(),
-                               dft["atomic_numbers"].to_list()) / dft["num_atoms"].to_numpy()
+    sp = (
+        single_point_energies(
+            potential,
+            np.stack(dft["lattice"].to_list()),
+            dft["frac_coords"].to_list(),
+            dft["atomic_numbers"].to_list(),
+        )
+        / dft["num_atoms"].to_numpy()
+    )
     ef_sp = np.array([reference.formation_energy_per_atom(c, e) for c, e in zip(comps, sp)])
     e_hull_dft = np.array([reference.e_above_hull(c, e) for c, e in zip(comps, ef_true)])
     have = np.isfinite(e_hull)
     called = e_hull[have] <= STABLE_THRESHOLD
     report = {
-        "model": model_name(potential), "n_test_crystals": n, "reference_datasets": DEFAULT_DATASETS,
-        "n_reference_entries": len(reference.formulas), "reference_build_or_load_seconds": t_reference,
+        "model": model_name(potential),
+        "n_test_crystals": n,
+        "reference_datasets": DEFAULT_DATASETS,
+        "n_reference_entries": len(reference.formulas),
+        "reference_build_or_load_seconds": t_reference,
         "formation_energy_relaxed": errors(ef_relaxed, ef_true),
         "formation_energy_single_point": errors(ef_sp, ef_true),
         "stable_call": {
             "n_with_e_above_hull": int(have.sum()),
-            "agreement_with_dft_e_above_hull": float(np.mean(called == (dft["e_above_hull"].to_numpy()[have]
-                                                                        <= STABLE_THRESHOLD))),
+            "agreement_with_dft_e_above_hull": float(
+                np.mean(called == (dft["e_above_hull"].to_numpy()[have] <= STABLE_THRESHOLD))
+            ),
             "dft_stable_share": float(np.mean(dft["e_above_hull"].to_numpy() <= STABLE_THRESHOLD)),
-            "agreement_with_dft_energy_on_reference_hull": float(np.mean(called == (e_hull_dft[have]
-                                                                                    <= STABLE_THRESHOLD))),
+            "agreement_with_dft_energy_on_reference_hull": float(
+                np.mean(called == (e_hull_dft[have] <= STABLE_THRESHOLD))
+            ),
         },
         "counts": {k: v for k, v in counts.items() if k != "seconds"},
         "crystals_per_second": {stage: n / s for stage, s in counts["seconds"].items()},

@@ -51,10 +51,16 @@ def timed(fn):
 
 def summarise(name: str, result, seconds: float, n_atoms: np.ndarray) -> dict:
     statuses = {s: result.status.count(s) for s in sorted(set(result.status))}
-    row = {"seconds": seconds, "crystals_per_second": len(n_atoms) / seconds,
-           "total_fire_steps": int(result.steps.sum()), "statuses": statuses}
-    print(f"{name:>12}: {seconds:7.1f} s  {row['crystals_per_second']:.3f} crystals/s  "
-          f"steps {row['total_fire_steps']}  {statuses}")
+    row = {
+        "seconds": seconds,
+        "crystals_per_second": len(n_atoms) / seconds,
+        "total_fire_steps": int(result.steps.sum()),
+        "statuses": statuses,
+    }
+    print(
+        f"{name:>12}: {seconds:7.1f} s  {row['crystals_per_second']:.3f} crystals/s  "
+        f"steps {row['total_fire_steps']}  {statuses}"
+    )
     return row
 
 
@@ -65,25 +71,46 @@ def main(n: int = 32, fmax: float = 0.05, max_steps: int = 500, max_atoms: int =
     lattices, fracs, numbers = perturbed_test_crystals(n)
     n_atoms = np.array([len(z) for z in numbers])
     print(f"{n} crystals, {n_atoms.sum()} atoms, fmax {fmax} eV/A, <= {max_steps} steps")
-    batched, t_batch = timed(lambda: relax_batch(potential, lattices, fracs, numbers, fmax=fmax,
-                                                 max_steps=max_steps, max_atoms_per_batch=max_atoms))
+    batched, t_batch = timed(
+        lambda: relax_batch(
+            potential,
+            lattices,
+            fracs,
+            numbers,
+            fmax=fmax,
+            max_steps=max_steps,
+            max_atoms_per_batch=max_atoms,
+        )
+    )
     structures = to_structures(lattices, fracs, numbers)
-    single, t_single = timed(lambda: relax_one_by_one(structures, potential, fmax=fmax,
-                                                      max_steps=max_steps))
+    single, t_single = timed(
+        lambda: relax_one_by_one(structures, potential, fmax=fmax, max_steps=max_steps)
+    )
     diff = np.abs(batched.energy - single.energy) / n_atoms
     report = {
-        "model": model_name(potential), "n_crystals": n, "n_atoms": int(n_atoms.sum()),
-        "fmax": fmax, "max_steps": max_steps, "max_atoms_per_batch": max_atoms,
-        "torch_threads": torch.get_num_threads(), "device": str(next(potential.parameters()).device),
+        "model": model_name(potential),
+        "n_crystals": n,
+        "n_atoms": int(n_atoms.sum()),
+        "fmax": fmax,
+        "max_steps": max_steps,
+        "max_atoms_per_batch": max_atoms,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(next(potential.parameters()).device),
         "machine": platform.processor() or platform.machine(),
         "batched": summarise("batched", batched, t_batch, n_atoms),
         "one_by_one": summarise("one_by_one", single, t_single, n_atoms),
         "speedup": t_single / t_batch,
-        "energy_abs_diff_per_atom": {"max": float(np.nanmax(diff)), "mean": float(np.nanmean(diff))},
+        "energy_abs_diff_per_atom": {
+            "max": float(np.nanmax(diff)),
+            "mean": float(np.nanmean(diff)),
+        },
         "same_steps": int((batched.steps == single.steps).sum()),
     }
-    print(f"speedup {report['speedup']:.2f}x; |dE| per atom max {report['energy_abs_diff_per_atom']['max']:.2e}"
-          f" eV; identical step counts {report['same_steps']}/{n}")
+    worst = report["energy_abs_diff_per_atom"]["max"]
+    print(
+        f"speedup {report['speedup']:.2f}x; |dE| per atom max {worst:.2e} eV;"
+        f" identical step counts {report['same_steps']}/{n}"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_relax.json").write_text(json.dumps(report, indent=2))
     return report

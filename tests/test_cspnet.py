@@ -263,3 +263,20 @@ def test_split_edge_layer_equals_unsplit_linear(model, inputs, layer_index):
     assert weight.shape == (hidden, 2 * hidden + 9 + 6 * backbone.num_freqs)
     assert captured["edge_in"].shape == unsplit.shape
     assert torch.allclose(captured["edge_in"], nn.functional.silu(unsplit), rtol=0, atol=TOL)
+
+
+def test_uniform_size_fast_path_equals_ragged_path(monkeypatch):
+    """Batches of equal-size crystals take the broadcast path; it must equal the gather path."""
+    import crysray.nets.cspnet as cspnet
+
+    torch.manual_seed(3)
+    net = cspnet.CSPNet(hidden=16, num_layers=2, num_freqs=4).double()
+    num_atoms = torch.tensor([4, 4, 4])
+    h = torch.randn(12, 16, dtype=torch.float64)
+    frac = torch.rand(12, 3, dtype=torch.float64)
+    lattice = torch.randn(3, 3, 3, dtype=torch.float64)
+    assert isinstance(cspnet.crystal_graph(num_atoms), cspnet.UniformGraph)
+    fast = net(h, frac, lattice, num_atoms)
+    monkeypatch.setattr(cspnet, "crystal_graph", cspnet.RaggedGraph)
+    slow = net(h, frac, lattice, num_atoms)
+    assert torch.allclose(fast, slow, rtol=0, atol=1e-12)

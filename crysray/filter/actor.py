@@ -37,24 +37,46 @@ class StabilityFunnel:
         torch_threads: intra-op threads of this actor (None leaves torch's default).
     """
 
-    def __init__(self, model: str | None = None, *, training_dataset: str | os.PathLike | None = None,
-                 reference_datasets=None, cache_dir: str | os.PathLike | None = None,
-                 stages: tuple[str, ...] = STAGES, relax_steps: int = 500, fmax: float = 0.05,
-                 stable_threshold: float = STABLE_THRESHOLD, max_atoms_per_batch: int = 2000,
-                 torch_threads: int | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        training_dataset: str | os.PathLike | None = None,
+        reference_datasets=None,
+        cache_dir: str | os.PathLike | None = None,
+        stages: tuple[str, ...] = STAGES,
+        relax_steps: int = 500,
+        fmax: float = 0.05,
+        stable_threshold: float = STABLE_THRESHOLD,
+        max_atoms_per_batch: int = 2000,
+        torch_threads: int | None = None,
+    ):
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
         self.potential = load_potential(model) if "relax" in stages else None
-        self.reference = (build_reference(self.potential, reference_datasets, cache_dir=cache_dir)
-                          if "hull" in stages else None)
+        self.reference = (
+            build_reference(self.potential, reference_datasets, cache_dir=cache_dir)
+            if "hull" in stages
+            else None
+        )
         self.training = _training_set(training_dataset, cache_dir) if "novel" in stages else None
-        self.options = {"stages": stages, "relax_steps": relax_steps, "fmax": fmax,
-                        "stable_threshold": stable_threshold, "max_atoms_per_batch": max_atoms_per_batch}
+        self.options = {
+            "stages": stages,
+            "relax_steps": relax_steps,
+            "fmax": fmax,
+            "stable_threshold": stable_threshold,
+            "max_atoms_per_batch": max_atoms_per_batch,
+        }
         self.last_counts: dict = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        table, self.last_counts = run_funnel(batch, potential=self.potential, reference=self.reference,
-                                             training_structures=self.training, **self.options)
+        table, self.last_counts = run_funnel(
+            batch,
+            potential=self.potential,
+            reference=self.reference,
+            training_structures=self.training,
+            **self.options,
+        )
         return table
 
 

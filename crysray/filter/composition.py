@@ -26,7 +26,9 @@ def composition_of(numbers: np.ndarray) -> Composition:
     return Composition({Element.from_Z(z): n for z, n in sorted(counts.items())})
 
 
-def composition_validity(numbers: np.ndarray, oxidation_states_set: str = CDVAE_OXIDATION_STATES) -> bool:
+def composition_validity(
+    numbers: np.ndarray, oxidation_states_set: str = CDVAE_OXIDATION_STATES
+) -> bool:
     """True iff the composition of atomic numbers (n,) passes SMACT; never raises."""
     try:
         formula = composition_of(numbers).formula
@@ -41,7 +43,13 @@ def _smact_valid(formula: str, oxidation_states_set: str) -> bool:
     from smact.screening import smact_validity
 
     try:
-        return bool(smact_validity(Composition(formula), use_pauling_test=True, include_alloys=True,
-                                   oxidation_states_set=oxidation_states_set))
+        return bool(
+            smact_validity(
+                Composition(formula),
+                use_pauling_test=True,
+                include_alloys=True,
+                oxidation_states_set=oxidation_states_set,
+            )
+        )
     except (ValueError, KeyError, TypeError, NameError):
         return False  # an element smact has no data for (e.g. no oxidation states at all)

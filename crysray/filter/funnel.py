@@ -3,14 +3,14 @@
 Input rows follow crysray.sample.schema (``sample_id``, ``atomic_numbers``, ``frac_coords``,
 ``lattice``). Every stage adds columns to every row; no row is ever dropped:
 
-| stage | columns | pass flag |
-|---|---|---|
-| structure | ``pass_structure`` (finite cell, volume >= 0.1 A^3, distances >= 0.5 A) | same |
-| composition | ``pass_composition`` (SMACT, crysray.filter.composition) | same |
-| unique | ``unique``, ``duplicate_of`` (sample_id of the first match) | ``unique`` |
-| novel | ``novel`` (no StructureMatcher match in the training set) | ``novel`` |
-| relax | ``relax_status``, ``relax_steps``, ``energy_per_atom`` (eV/atom), ``relaxed_lattice``, ``relaxed_frac_coords`` | ``pass_relax`` (converged) |
-| hull | ``formation_energy_per_atom``, ``e_above_hull`` (eV/atom), ``hull_status`` | ``stable`` |
+- structure: ``pass_structure`` (finite cell, volume >= 0.1 A^3, distances >= 0.5 A);
+- composition: ``pass_composition`` (SMACT, crysray.filter.composition);
+- unique: ``unique``, ``duplicate_of`` (sample_id of the first match); flag ``unique``;
+- novel: ``novel`` (no StructureMatcher match in the training set); flag ``novel``;
+- relax: ``relax_status``, ``relax_steps``, ``energy_per_atom`` (eV/atom), ``relaxed_lattice``
+  (9 floats, A), ``relaxed_frac_coords`` (3n floats); flag ``pass_relax`` (converged);
+- hull: ``formation_energy_per_atom``, ``e_above_hull`` (eV/atom), ``hull_status`` ("ok",
+  "no_reference"); flag ``stable``.
 
 Uniqueness and novelty are checked on structurally valid rows. Only rows that pass every
 stage in ``relax_gate`` (default: all the cheap stages that run) are relaxed; the others get
@@ -22,28 +22,52 @@ converged relaxation. ``sun`` = stable, unique and novel (MatterGen's S.U.N.).
 from __future__ import annotations
 
 import time
-from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from crysray.eval.validity import structure_validity
 from crysray.filter.composition import composition_of, composition_validity
+from crysray.filter.counts import FLAGS, STAGES, bools, funnel_counts
 from crysray.filter.hull import STABLE_THRESHOLD, HullReference, stable_flags
 from crysray.filter.relax import relax_batch
 from crysray.filter.uniqueness import TrainingSet, novelty, uniqueness
 
-STAGES = ("structure", "composition", "unique", "novel", "relax", "hull")
 CHEAP_STAGES = ("structure", "composition", "unique", "novel")
-_FLAGS = {"structure": "pass_structure", "composition": "pass_composition", "unique": "unique",
-          "novel": "novel", "relax": "pass_relax", "hull": "stable"}
 
 
-def run_funnel(table: pa.Table, *, potential=None, reference: HullReference | None = None,
-               training_structures: TrainingSet | None = None, stages: tuple[str, ...] = STAGES,
-               relax_gate: tuple[str, ...] | None = None, relax_steps: int = 500,
-               fmax: float = 0.05, stable_threshold: float = STABLE_THRESHOLD,
-               max_atoms_per_batch: int = 2000) -> tuple[pa.Table, dict]:
+@dataclass
+class _Run:
+    """What the stages of one funnel run share: input rows, settings, columns made so far."""
+
+    table: pa.Table
+    rows: list
+    stages: tuple[str, ...]
+    potential: object
+    reference: HullReference | None
+    training: TrainingSet | None
+    relax_gate: tuple[str, ...]
+    relax_steps: int
+    fmax: float
+    stable_threshold: float
+    max_atoms_per_batch: int
+    columns: dict = field(default_factory=dict)
+
+
+def run_funnel(
+    table: pa.Table,
+    *,
+    potential=None,
+    reference: HullReference | None = None,
+    training_structures: TrainingSet | None = None,
+    stages: tuple[str, ...] = STAGES,
+    relax_gate: tuple[str, ...] | None = None,
+    relax_steps: int = 500,
+    fmax: float = 0.05,
+    stable_threshold: float = STABLE_THRESHOLD,
+    max_atoms_per_batch: int = 2000,
+) -> tuple[pa.Table, dict]:
     """Run the stages in order on ``table``; return (table with the new columns, counts).
 
     Args:
@@ -65,34 +89,73 @@ def run_funnel(table: pa.Table, *, potential=None, reference: HullReference | No
         raise ValueError("the hull stage needs the relax stage and a reference")
     if "relax" in stages and potential is None:
         raise ValueError("the relax stage needs a potential")
-    rows = _read_rows(table)
-    columns: dict[str, pa.Array] = {}
-    seconds: dict[str, float] = {}
-    for stage in (s for s in STAGES if s in stages):
+    stages = tuple(s for s in STAGES if s in stages)
+    gate = relax_gate if relax_gate is not None else tuple(s for s in CHEAP_STAGES if s in stages)
+    run = _Run(
+        table=table, rows=_read_rows(table), stages=stages, potential=potential,
+        reference=reference, training=training_structures, relax_gate=gate,
+        relax_steps=relax_steps, fmax=fmax, stable_threshold=stable_threshold,
+        max_atoms_per_batch=max_atoms_per_batch,
+    )  # fmt: skip
+    seconds = {}
+    for stage in stages:
         start = time.perf_counter()
-        if stage == "structure":
-            columns["pass_structure"] = pa.array(structure_flags(rows))
-        elif stage == "composition":
-            columns["pass_composition"] = pa.array([r is not None and composition_validity(r[2])
-                                                    for r in rows])
-        elif stage == "unique":
-            ids = table["sample_id"].to_pylist() if "sample_id" in table.column_names else [
-                str(i) for i in range(len(rows))]
-            unique, duplicate_of = uniqueness(_structures(rows, columns), ids)
-            columns["unique"], columns["duplicate_of"] = pa.array(unique), pa.array(duplicate_of, pa.string())
-        elif stage == "novel":
-            columns["novel"] = pa.array(novelty(_structures(rows, columns), training_structures))
-        elif stage == "relax":
-            gate = relax_gate if relax_gate is not None else tuple(s for s in CHEAP_STAGES if s in stages)
-            selected = _passing(columns, gate, len(rows))
-            columns.update(relax_columns(rows, selected, potential, relax_steps, fmax, max_atoms_per_batch))
-        elif stage == "hull":
-            columns.update(hull_columns(rows, columns, reference, stable_threshold))
+        run.columns.update(_STAGE_FUNCTIONS[stage](run))
         seconds[stage] = time.perf_counter() - start
-    if {"hull", "unique"} <= set(stages) and "novel" in stages:
-        columns["sun"] = pa.array(_passing(columns, ("unique", "novel", "hull"), len(rows)))
-    out = _attach(table, columns)
+    if {"unique", "novel", "hull"} <= set(stages):
+        run.columns["sun"] = pa.array(
+            _passing(run.columns, ("unique", "novel", "hull"), len(run.rows))
+        )
+    out = _attach(table, run.columns)
     return out, {**funnel_counts(out), "seconds": seconds}
+
+
+def _structure_stage(run: _Run) -> dict:
+    return {"pass_structure": pa.array(structure_flags(run.rows))}
+
+
+def _composition_stage(run: _Run) -> dict:
+    return {
+        "pass_composition": pa.array(
+            [r is not None and composition_validity(r[2]) for r in run.rows]
+        )
+    }
+
+
+def _unique_stage(run: _Run) -> dict:
+    names = run.table.column_names
+    ids = (
+        run.table["sample_id"].to_pylist()
+        if "sample_id" in names
+        else list(map(str, range(len(run.rows))))
+    )
+    unique, duplicate_of = uniqueness(_structures(run), ids)
+    return {"unique": pa.array(unique), "duplicate_of": pa.array(duplicate_of, pa.string())}
+
+
+def _novel_stage(run: _Run) -> dict:
+    return {"novel": pa.array(novelty(_structures(run), run.training))}
+
+
+def _relax_stage(run: _Run) -> dict:
+    selected = _passing(run.columns, run.relax_gate, len(run.rows))
+    return relax_columns(
+        run.rows, selected, run.potential, run.relax_steps, run.fmax, run.max_atoms_per_batch
+    )
+
+
+def _hull_stage(run: _Run) -> dict:
+    return hull_columns(run.rows, run.columns, run.reference, run.stable_threshold)
+
+
+_STAGE_FUNCTIONS = {
+    "structure": _structure_stage,
+    "composition": _composition_stage,
+    "unique": _unique_stage,
+    "novel": _novel_stage,
+    "relax": _relax_stage,
+    "hull": _hull_stage,
+}
 
 
 def _read_rows(table: pa.Table) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
@@ -116,48 +179,55 @@ def structure_flags(rows) -> list[bool]:
     return [r is not None and structure_validity(r[0], r[1]) for r in rows]
 
 
-def _structures(rows, columns):
+def _structures(run: _Run):
     """One pymatgen Structure per structurally valid row, None elsewhere (built once)."""
-    if "_structures" not in columns:
+    if "_structures" not in run.columns:
         from pymatgen.core import Lattice, Structure
 
-        valid = columns["pass_structure"].to_pylist() if "pass_structure" in columns else structure_flags(rows)
-        columns["_structures"] = [
+        flags = run.columns.get("pass_structure")
+        valid = flags.to_pylist() if flags is not None else structure_flags(run.rows)
+        run.columns["_structures"] = [
             Structure(Lattice(r[0]), [int(z) for z in r[2]], r[1]) if ok else None
-            for r, ok in zip(rows, valid)
+            for r, ok in zip(run.rows, valid)
         ]
-    return columns["_structures"]
+    return run.columns["_structures"]
 
 
 def _passing(columns, stages, n: int) -> np.ndarray:
     """(n,) bool: True where every present flag column of ``stages`` is True."""
     keep = np.ones(n, dtype=bool)
     for stage in stages:
-        if _FLAGS[stage] in columns:
-            keep &= _bools(columns[_FLAGS[stage]])
+        if FLAGS[stage] in columns:
+            keep &= bools(columns[FLAGS[stage]])
     return keep
 
 
-def _bools(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Boolean pyarrow column -> numpy bool array, nulls as False."""
-    return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def relax_columns(rows, selected: np.ndarray, potential, relax_steps: int, fmax: float,
-                  max_atoms: int) -> dict[str, pa.Array]:
+def relax_columns(
+    rows, selected: np.ndarray, potential, relax_steps: int, fmax: float, max_atoms: int
+) -> dict[str, pa.Array]:
     """Relax the ``selected`` rows in one batched run; null values for the others."""
     idx = np.flatnonzero(selected)
     n = len(rows)
     status, steps, energy = [None] * n, [None] * n, [None] * n
     lattices, fracs = [None] * n, [None] * n
     if len(idx):
-        result = relax_batch(potential, np.stack([rows[i][0] for i in idx]), [rows[i][1] for i in idx],
-                             [rows[i][2] for i in idx], fmax=fmax, max_steps=relax_steps,
-                             max_atoms_per_batch=max_atoms)
+        result = relax_batch(
+            potential,
+            np.stack([rows[i][0] for i in idx]),
+            [rows[i][1] for i in idx],
+            [rows[i][2] for i in idx],
+            fmax=fmax,
+            max_steps=relax_steps,
+            max_atoms_per_batch=max_atoms,
+        )
         for k, i in enumerate(idx):
             status[i], steps[i] = result.status[k], int(result.steps[k])
             e = result.energy[k] / len(rows[i][2])
-            energy[i] = float(e) if np.isfinite(e) and result.status[k] in ("converged", "not_converged") else None
+            energy[i] = (
+                float(e)
+                if np.isfinite(e) and result.status[k] in ("converged", "not_converged")
+                else None
+            )
             lattices[i] = result.lattice[k].reshape(-1).tolist()
             fracs[i] = result.frac_coords[k].reshape(-1).tolist()
     return {
@@ -186,7 +256,7 @@ def hull_columns(rows, columns, reference: HullReference, threshold: float) -> d
         e_hull[i] = reference.e_above_hull(composition, formation[i])
         status[i] = "ok"
     e_array = np.array([np.nan if v is None else v for v in e_hull])
-    stable = stable_flags(e_array, threshold) & _bools(columns["pass_relax"])
+    stable = stable_flags(e_array, threshold) & bools(columns["pass_relax"])
     return {
         "formation_energy_per_atom": pa.array(formation, pa.float64()),
         "e_above_hull": pa.array(e_hull, pa.float64()),
@@ -204,30 +274,3 @@ def _attach(table: pa.Table, columns: dict) -> pa.Table:
             table = table.drop_columns([name])
         table = table.append_column(name, values)
     return table
-
-
-def funnel_counts(table: pa.Table) -> dict:
-    """Counts of a funnel output table.
-
-    Returns:
-        total: rows; passed: stage -> rows passing that stage alone; funnel: stage -> rows
-        passing it and every earlier stage that ran; relax_status / hull_status: value ->
-        rows; sun, sun_fraction: stable & unique & novel rows and their share of all rows.
-    """
-    n = table.num_rows
-    passed, funnel = {}, {}
-    running = np.ones(n, dtype=bool)
-    for stage in STAGES:
-        flag = _FLAGS[stage]
-        if flag in table.column_names:
-            ok = _bools(table[flag])
-            running &= ok
-            passed[stage], funnel[stage] = int(ok.sum()), int(running.sum())
-    counts = {"total": n, "passed": passed, "funnel": funnel}
-    for column in ("relax_status", "hull_status"):
-        if column in table.column_names:
-            counts[column] = dict(Counter(v for v in table[column].to_pylist() if v is not None))
-    if "sun" in table.column_names:
-        sun = int(_bools(table["sun"]).sum())
-        counts["sun"], counts["sun_fraction"] = sun, sun / n if n else 0.0
-    return counts

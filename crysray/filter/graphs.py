@@ -63,8 +63,12 @@ def crystal_graph(cell: np.ndarray, frac: np.ndarray, types: np.ndarray, cutoff:
         return None
     cart = np.ascontiguousarray(frac @ cell)
     src, dst, images, dist = find_points_in_spheres(
-        cart, cart, r=cutoff, pbc=np.ones(3, dtype=np.int64),
-        lattice=np.ascontiguousarray(cell), tol=SELF_PAIR_TOL,
+        cart,
+        cart,
+        r=cutoff,
+        pbc=np.ones(3, dtype=np.int64),
+        lattice=np.ascontiguousarray(cell),
+        tol=SELF_PAIR_TOL,
     )
     keep = (src != dst) | (dist > SELF_PAIR_TOL)
     if keep.sum() > MAX_EDGES_PER_ATOM * n:
@@ -76,8 +80,14 @@ def crystal_graph(cell: np.ndarray, frac: np.ndarray, types: np.ndarray, cutoff:
     return graph
 
 
-def evaluate(potential, cells: torch.Tensor, fracs: list[np.ndarray], types: list[np.ndarray],
-             *, with_forces: bool = True) -> Evaluation:
+def evaluate(
+    potential,
+    cells: torch.Tensor,
+    fracs: list[np.ndarray],
+    types: list[np.ndarray],
+    *,
+    with_forces: bool = True,
+) -> Evaluation:
     """Energies (and forces, stresses) of B crystals in one batched model call.
 
     Args:
@@ -133,11 +143,19 @@ def _energy_only(potential):
 
 def _segment_all_finite(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
     finite_rows = torch.isfinite(values).all(dim=1)
-    return torch.stack([chunk.all() for chunk in finite_rows.split(counts)]) if counts else finite_rows
+    return (
+        torch.stack([chunk.all() for chunk in finite_rows.split(counts)]) if counts else finite_rows
+    )
 
 
-def single_point_energies(potential, lattices: np.ndarray, fracs: list[np.ndarray],
-                          numbers: list[np.ndarray], *, max_atoms_per_batch: int = 2000) -> np.ndarray:
+def single_point_energies(
+    potential,
+    lattices: np.ndarray,
+    fracs: list[np.ndarray],
+    numbers: list[np.ndarray],
+    *,
+    max_atoms_per_batch: int = 2000,
+) -> np.ndarray:
     """(B,) total energies in eV of crystals as given (no relaxation); NaN where it fails.
 
     Crystals are evaluated in batches of at most ``max_atoms_per_batch`` atoms. A crystal with
@@ -150,12 +168,20 @@ def single_point_energies(potential, lattices: np.ndarray, fracs: list[np.ndarra
     """
     out = np.full(len(fracs), np.nan)
     types = [node_types(potential, z) for z in numbers]
-    usable = [i for i, t in enumerate(types) if t is not None and np.isfinite(lattices[i]).all()
-              and np.isfinite(fracs[i]).all()]
+    usable = [
+        i
+        for i, t in enumerate(types)
+        if t is not None and np.isfinite(lattices[i]).all() and np.isfinite(fracs[i]).all()
+    ]
     for chunk in chunk_by_atoms(usable, [len(fracs[i]) for i in usable], max_atoms_per_batch):
         cells = torch.from_numpy(np.asarray(lattices, dtype=np.float64)[chunk])
-        ev = evaluate(potential, cells, [np.asarray(fracs[i], dtype=np.float64) for i in chunk],
-                      [types[i] for i in chunk], with_forces=False)
+        ev = evaluate(
+            potential,
+            cells,
+            [np.asarray(fracs[i], dtype=np.float64) for i in chunk],
+            [types[i] for i in chunk],
+            with_forces=False,
+        )
         out[chunk] = np.where(ev.ok.numpy(), ev.energy.numpy(), np.nan)
     return out
 

@@ -1,17 +1,18 @@
-"""Build (once) and cache the reference hull of crysray.filter.hull from a dataset split.
+"""Build (once) and cache the reference hull of crysray.filter.hull from dataset splits.
 
 The reference crystals' MatGL energies are computed on their DFT-relaxed structures, either
 as single points (``relax_steps=0``) or after a short batched relaxation, which puts them on
 the same footing as relaxed generated crystals. ``mu`` is then fitted (``fit_element_energies``)
 and everything is written as two Parquet files::
 
-    <cache_dir>/hull-reference/<model>-<protocol>-<dataset sha256[:16]>/
+    <cache_dir>/hull-reference/<model>-<protocol>-<sha256 of the dataset files, [:16]>/
         entries.parquet   material_id, formula, num_atoms, formation_energy_per_atom (DFT),
                           e_above_hull (DFT, from the dataset), matgl_energy_per_atom
         mu.parquet        element, mu (eV/atom), n_entries
 
 The directory is written under a temporary name and renamed, so concurrent builders (one per
-Ray actor) never read a half-written cache.
+Ray actor) never read a half-written cache. Build it once before starting many actors (they
+would otherwise each spend the ~100 s single-thread build).
 """
 
 from __future__ import annotations
@@ -51,9 +52,15 @@ def default_reference_paths() -> list[Path]:
     return [dataset_path(name, split) for name, split in DEFAULT_DATASETS]
 
 
-def build_reference(potential, datasets: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                    *, cache_dir: str | os.PathLike | None = None, limit: int | None = None,
-                    relax_steps: int = 0, fmax: float = 0.05) -> LinearHullReference:
+def build_reference(
+    potential,
+    datasets: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    relax_steps: int = 0,
+    fmax: float = 0.05,
+) -> LinearHullReference:
     """The reference hull for ``potential`` from CDVAE-format splits, from cache when possible.
 
     Args:
@@ -74,23 +81,40 @@ def build_reference(potential, datasets: str | os.PathLike | Sequence[str | os.P
     blobs = [p.read_bytes() for p in paths]
     digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blobs)).hexdigest()[:16]
     protocol = ("sp" if relax_steps == 0 else f"relax{relax_steps}-f{fmax:g}") + (
-        f"-n{limit}" if limit else "")
-    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "hull-reference" / (
-        f"{model_name(potential)}-{protocol}-{digest}")
+        f"-n{limit}" if limit else ""
+    )
+    folder = (
+        (Path(cache_dir) if cache_dir else default_cache_dir())
+        / "hull-reference"
+        / (f"{model_name(potential)}-{protocol}-{digest}")
+    )
     if (folder / "mu.parquet").is_file():
         return load_reference(folder)
     frames = [reference_entries(p, b, limit) for p, b in zip(paths, blobs)]
     entries = pd.concat(frames, ignore_index=True).drop_duplicates("material_id", ignore_index=True)
     entries["matgl_energy_per_atom"] = _energies_per_atom(potential, entries, relax_steps, fmax)
     entries = entries.drop(columns=["lattice", "frac_coords", "atomic_numbers"])
-    mu = fit_element_energies([Composition(f) for f in entries["formula"]],
-                              entries["matgl_energy_per_atom"].to_numpy(),
-                              entries["formation_energy_per_atom"].to_numpy())
-    _write(folder, entries, mu, {"model": model_name(potential), "protocol": protocol,
-                                 "datasets": ",".join(str(p) for p in paths)})
-    return LinearHullReference(mu=mu, formulas=entries["formula"].to_list(),
-                               formation_energy=entries["formation_energy_per_atom"].to_numpy(),
-                               model=model_name(potential))
+    mu = fit_element_energies(
+        [Composition(f) for f in entries["formula"]],
+        entries["matgl_energy_per_atom"].to_numpy(),
+        entries["formation_energy_per_atom"].to_numpy(),
+    )
+    _write(
+        folder,
+        entries,
+        mu,
+        {
+            "model": model_name(potential),
+            "protocol": protocol,
+            "datasets": ",".join(str(p) for p in paths),
+        },
+    )
+    return LinearHullReference(
+        mu=mu,
+        formulas=entries["formula"].to_list(),
+        formation_energy=entries["formation_energy_per_atom"].to_numpy(),
+        model=model_name(potential),
+    )
 
 
 def reference_entries(path: Path, data: bytes, limit: int | None = None) -> pd.DataFrame:
@@ -105,18 +129,24 @@ def reference_entries(path: Path, data: bytes, limit: int | None = None) -> pd.D
             logger.warning("%s: skipping %s (%s)", path, row.material_id, e)
             continue
         lattice, frac, z = structure_to_arrays(structure)
-        rows.append({
-            "material_id": row.material_id,
-            "formula": structure.composition.reduced_formula,
-            "num_atoms": len(z),
-            "formation_energy_per_atom": float(row.formation_energy_per_atom),
-            "e_above_hull": float(getattr(row, "e_above_hull", np.nan)),
-            "lattice": lattice, "frac_coords": frac, "atomic_numbers": z,
-        })
+        rows.append(
+            {
+                "material_id": row.material_id,
+                "formula": structure.composition.reduced_formula,
+                "num_atoms": len(z),
+                "formation_energy_per_atom": float(row.formation_energy_per_atom),
+                "e_above_hull": float(getattr(row, "e_above_hull", np.nan)),
+                "lattice": lattice,
+                "frac_coords": frac,
+                "atomic_numbers": z,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _energies_per_atom(potential, entries: pd.DataFrame, relax_steps: int, fmax: float) -> np.ndarray:
+def _energies_per_atom(
+    potential, entries: pd.DataFrame, relax_steps: int, fmax: float
+) -> np.ndarray:
     lattices = np.stack(entries["lattice"].to_list())
     fracs, numbers = entries["frac_coords"].to_list(), entries["atomic_numbers"].to_list()
     if relax_steps == 0:
@@ -149,8 +179,13 @@ def _write(folder: Path, entries: pd.DataFrame, mu: dict[str, float], meta: dict
     for formula in entries["formula"]:
         for el in Composition(formula).elements:
             counts[el.symbol] = counts.get(el.symbol, 0) + 1
-    mu_table = pa.table({"element": list(mu), "mu": list(mu.values()),
-                         "n_entries": [counts.get(el, 0) for el in mu]})
+    mu_table = pa.table(
+        {
+            "element": list(mu),
+            "mu": list(mu.values()),
+            "n_entries": [counts.get(el, 0) for el in mu],
+        }
+    )
     metadata = {k.encode(): v.encode() for k, v in meta.items()}
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -26,12 +26,13 @@ too dense for a neighbour list, or the energy fell below ``MIN_ENERGY_PER_ATOM``
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from crysray.filter.graphs import chunk_by_atoms, evaluate, node_types
+from crysray.filter.graphs import evaluate, node_types
 from crysray.structures import wrap_frac
 
 MAX_VOLUME_RATIO = 5.0  # relaxed / initial volume outside [1/5, 5]: the cell ran away
@@ -101,16 +102,27 @@ class _Crystals:
 
     def atoms_of(self, crystals: torch.Tensor) -> torch.Tensor:
         """Atom indices of ``crystals`` (sorted), in order."""
-        return torch.cat([torch.arange(int(self.offsets[c]), int(self.offsets[c + 1])) for c in crystals])
+        return torch.cat(
+            [torch.arange(int(self.offsets[c]), int(self.offsets[c + 1])) for c in crystals]
+        )
 
     def deformation(self, crystals: torch.Tensor) -> torch.Tensor:
         """(b, 3, 3) deformation gradients F = expm(X / c)."""
         return torch.linalg.matrix_exp(self.x[crystals] / self.n[crystals, None, None].double())
 
 
-def relax_batch(potential, lattices, fracs, numbers, *, fmax: float = 0.05, max_steps: int = 500,
-                relax_cell: bool = True, max_atoms_per_batch: int = 2000,
-                fire: Fire = Fire()) -> RelaxResult:
+def relax_batch(
+    potential,
+    lattices,
+    fracs,
+    numbers,
+    *,
+    fmax: float = 0.05,
+    max_steps: int = 500,
+    relax_cell: bool = True,
+    max_atoms_per_batch: int = 2000,
+    fire: Fire = Fire(),
+) -> RelaxResult:
     """Relax B crystals together, ``max_atoms_per_batch`` atoms per model call; never raises
     on a bad crystal (its status says what happened).
 
@@ -124,7 +136,7 @@ def relax_batch(potential, lattices, fracs, numbers, *, fmax: float = 0.05, max_
         relax_cell: relax the lattice too (FrechetCellFilter) or only the positions.
     """
     state = _Crystals(lattices, fracs, numbers, potential, fire)
-    queue = [b for b, s in enumerate(state.status) if not s]
+    queue = deque(b for b, s in enumerate(state.status) if not s)
     active: list[int] = []
     while queue or active:
         active = _refill(active, queue, state.n, max_atoms_per_batch)
@@ -134,11 +146,12 @@ def relax_batch(potential, lattices, fracs, numbers, *, fmax: float = 0.05, max_
     return _result(state)
 
 
-def _refill(active: list[int], queue: list[int], n: torch.Tensor, max_atoms: int) -> list[int]:
+def _refill(active: list[int], queue: deque, n: torch.Tensor, max_atoms: int) -> list[int]:
+    """Top up the running crystals from the queue while the batch has room (at least one)."""
     total = int(n[active].sum()) if active else 0
     while queue and (not active or total + int(n[queue[0]]) <= max_atoms):
         total += int(n[queue[0]])
-        active.append(queue.pop(0))
+        active.append(queue.popleft())
     return active
 
 
@@ -152,8 +165,9 @@ def _step(potential, state: _Crystals, crystals, fmax, max_steps, relax_cell, fi
     fracs = [f.numpy() for f in torch.split(frac, state.n[crystals].tolist())]
     ev = evaluate(potential, cells, fracs, [state.types[c] for c in crystals])
     f_atoms, f_cell = _generalised_forces(state, crystals, local, deform, cells, ev, relax_cell)
-    row_norms = torch.zeros(len(crystals), dtype=torch.float64).index_reduce_(
-        0, local, f_atoms.norm(dim=1), "amax", include_self=False)
+    row_norms = torch.zeros(len(crystals), dtype=torch.float64).scatter_reduce_(
+        0, local, f_atoms.norm(dim=1), reduce="amax", include_self=False
+    )
     worst = torch.maximum(row_norms, f_cell.norm(dim=2).amax(dim=1))
     state.energy[crystals], state.fmax[crystals] = ev.energy, worst
     status = _classify(state, crystals, cells, ev, worst, fmax, max_steps)
@@ -195,7 +209,7 @@ def _expm_frechet_adjoint(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _classify(state, crystals, cells, ev, worst, fmax, max_steps) -> list[str]:
-    """"" for crystals that keep going, else their final status."""
+    """ "" for crystals that keep going, else their final status."""
     volume_ratio = torch.linalg.det(cells).abs() / state.volume0[crystals]
     energy_per_atom = ev.energy / state.n[crystals]
     out = []
@@ -223,7 +237,9 @@ def _fire_update(state: _Crystals, crystals, f_atoms, f_cell, fire: Fire) -> Non
     v_atoms, v_cell = state.v_atoms[atoms], state.v_cell[crystals]
 
     def per_crystal(u_atoms, u_cell, w_atoms, w_cell):  # sum of u . w over the crystal's rows
-        dots = torch.zeros(len(crystals), dtype=torch.float64).index_add_(0, local, (u_atoms * w_atoms).sum(1))
+        dots = torch.zeros(len(crystals), dtype=torch.float64).index_add_(
+            0, local, (u_atoms * w_atoms).sum(1)
+        )
         return dots + (u_cell * w_cell).sum((1, 2))
 
     first = state.steps[crystals] == 0  # ASE starts from v = 0 without the mixing test
@@ -231,7 +247,8 @@ def _fire_update(state: _Crystals, crystals, f_atoms, f_cell, fire: Fire) -> Non
     downhill = (vf > 0) & ~first
     uphill = (vf <= 0) & ~first
     scale = torch.sqrt(per_crystal(v_atoms, v_cell, v_atoms, v_cell)) / torch.sqrt(
-        per_crystal(f_atoms, f_cell, f_atoms, f_cell)).clamp_min(1e-300)
+        per_crystal(f_atoms, f_cell, f_atoms, f_cell)
+    ).clamp_min(1e-300)
     alpha = state.alpha[crystals]
     mix_v = torch.where(downhill, 1 - alpha, 1.0) * torch.where(uphill, 0.0, 1.0)
     mix_f = torch.where(downhill, alpha * scale, 0.0)

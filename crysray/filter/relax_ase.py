@@ -16,8 +16,14 @@ from crysray.filter.relax import RelaxResult
 from crysray.structures import wrap_frac
 
 
-def relax_one_by_one(structures: list[Structure], potential, *, fmax: float = 0.05,
-                     max_steps: int = 500, relax_cell: bool = True) -> RelaxResult:
+def relax_one_by_one(
+    structures: list[Structure],
+    potential,
+    *,
+    fmax: float = 0.05,
+    max_steps: int = 500,
+    relax_cell: bool = True,
+) -> RelaxResult:
     """Relax each structure with ``matgl.ext.ase.Relaxer``; a crystal that raises or gives
     non-finite numbers gets status "nan" instead of stopping the loop.
 
@@ -60,5 +66,9 @@ def _failed(structure: Structure, status: str):
 
 def to_structures(lattices, fracs, numbers) -> list[Structure]:
     """pymatgen Structures from arrays: lattice (3, 3) A, frac (n, 3), Z (n,)."""
-    return [Structure(Lattice(np.asarray(lat).reshape(3, 3)), [int(z) for z in zs], np.reshape(f, (-1, 3)))
-            for lat, f, zs in zip(lattices, fracs, numbers)]
+    return [
+        Structure(
+            Lattice(np.asarray(lat).reshape(3, 3)), [int(z) for z in zs], np.reshape(f, (-1, 3))
+        )
+        for lat, f, zs in zip(lattices, fracs, numbers)
+    ]

@@ -24,8 +24,11 @@ def default_matcher() -> StructureMatcher:
     return StructureMatcher()
 
 
-def uniqueness(structures: list[Structure | None], sample_ids: list[str],
-               matcher: StructureMatcher | None = None) -> tuple[np.ndarray, list[str | None]]:
+def uniqueness(
+    structures: list[Structure | None],
+    sample_ids: list[str],
+    matcher: StructureMatcher | None = None,
+) -> tuple[np.ndarray, list[str | None]]:
     """First occurrences are unique; a later match points to the first one's sample_id.
 
     Returns:
@@ -83,8 +86,11 @@ class TrainingSet:
         return self._structures[formula]
 
 
-def novelty(structures: list[Structure | None], training: TrainingSet,
-            matcher: StructureMatcher | None = None) -> np.ndarray:
+def novelty(
+    structures: list[Structure | None],
+    training: TrainingSet,
+    matcher: StructureMatcher | None = None,
+) -> np.ndarray:
     """(B,) bool: True when no training crystal of the same reduced formula matches."""
     matcher = matcher or default_matcher()
     novel = np.zeros(len(structures), dtype=bool)

@@ -11,26 +11,33 @@ from crysray.data.csv import dataset_path
 from crysray.filter.composition import composition_of, composition_validity
 
 
-@pytest.mark.parametrize(("numbers", "valid"), [
-    ([11, 17], True),             # NaCl
-    ([11, 17, 17], False),        # NaCl2: no neutral assignment
-    ([6, 6, 6], True),            # single element
-    ([29, 30, 30], True),         # CuZn2: all metals count as an alloy
-    ([26, 26, 26, 8, 8, 8, 8], False),  # Fe3O4: mixed valence is not allowed (as in CDVAE)
-    ([0, 11], False),             # Z = 0 is not an element
-])
+@pytest.mark.parametrize(
+    ("numbers", "valid"),
+    [
+        ([11, 17], True),  # NaCl
+        ([11, 17, 17], False),  # NaCl2: no neutral assignment
+        ([6, 6, 6], True),  # single element
+        ([29, 30, 30], True),  # CuZn2: all metals count as an alloy
+        ([26, 26, 26, 8, 8, 8, 8], False),  # Fe3O4: mixed valence is not allowed (as in CDVAE)
+        ([0, 11], False),  # Z = 0 is not an element
+    ],
+)
 def test_known_compositions(numbers, valid):
     assert composition_validity(np.array(numbers)) is valid
 
 
 def test_order_and_multiplicity_do_not_matter():
-    assert composition_validity(np.array([17, 11, 11, 17])) is composition_validity(np.array([11, 17]))
+    assert composition_validity(np.array([17, 11, 11, 17])) is composition_validity(
+        np.array([11, 17])
+    )
     assert composition_of(np.array([17, 11, 11, 17])).reduced_formula == "NaCl"
 
 
 def test_mp20_share_matches_the_literature():
     """CDVAE-style comp-validity of real MP-20 crystals is ~0.89-0.91."""
-    formulas = pd.read_csv(dataset_path("mp_20_pilot", "test"), usecols=["pretty_formula"])["pretty_formula"]
+    formulas = pd.read_csv(dataset_path("mp_20_pilot", "test"), usecols=["pretty_formula"])[
+        "pretty_formula"
+    ]
     numbers = [[el.Z for el, k in Composition(f).items() for _ in range(int(k))] for f in formulas]
     share = np.mean([composition_validity(np.array(z)) for z in numbers])
     assert 0.86 < share < 0.93

@@ -15,8 +15,12 @@ from crysray.filter.uniqueness import TrainingSet
 
 
 def row(sample_id: str, lattice, frac, numbers) -> dict:
-    return {"sample_id": sample_id, "lattice": np.asarray(lattice, float).reshape(-1).tolist(),
-            "frac_coords": np.asarray(frac, float).reshape(-1).tolist(), "atomic_numbers": list(numbers)}
+    return {
+        "sample_id": sample_id,
+        "lattice": np.asarray(lattice, float).reshape(-1).tolist(),
+        "frac_coords": np.asarray(frac, float).reshape(-1).tolist(),
+        "atomic_numbers": list(numbers),
+    }
 
 
 def from_structure(sample_id: str, s: Structure) -> dict:
@@ -30,10 +34,21 @@ def training(reference_csv):
 
 @pytest.fixture(scope="module")
 def table(training) -> pa.Table:
-    mgo = perturbed(Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"],
-                                              [[0, 0, 0], [0.5, 0.5, 0.5]]), 1.03, 0.02)
-    lif = perturbed(Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.03), ["Li", "F"],
-                                              [[0, 0, 0], [0.5, 0.5, 0.5]]), 1.03, 0.02, seed=1)
+    mgo = perturbed(
+        Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        ),
+        1.03,
+        0.02,
+    )
+    lif = perturbed(
+        Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(4.03), ["Li", "F"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        ),
+        1.03,
+        0.02,
+        seed=1,
+    )
     known = training.structures([list(training.material_id).index("mp-30875")])[0]  # Ti2Sn
     rows = [
         from_structure("mgo", mgo),
@@ -61,8 +76,13 @@ EXPECTED_COUNTS = {
 
 
 def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, reference, training):
-    out, counts = run_funnel(table, potential=potential, reference=reference,
-                             training_structures=TrainingSet.from_table(training), relax_steps=300)
+    out, counts = run_funnel(
+        table,
+        potential=potential,
+        reference=reference,
+        training_structures=TrainingSet.from_table(training),
+        relax_steps=300,
+    )
     assert out.num_rows == table.num_rows
     assert out["sample_id"].to_pylist() == table["sample_id"].to_pylist()
     seconds = counts.pop("seconds")
@@ -75,7 +95,9 @@ def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, referenc
     assert by_id["nacl"]["hull_status"] == "no_reference" and by_id["nacl"]["e_above_hull"] is None
     for sample_id in ("nan-lattice", "overlap", "malformed"):
         assert by_id[sample_id]["pass_structure"] is False
-        assert by_id[sample_id]["energy_per_atom"] is None and by_id[sample_id]["pass_relax"] is False
+        assert (
+            by_id[sample_id]["energy_per_atom"] is None and by_id[sample_id]["pass_relax"] is False
+        )
     mgo = by_id["mgo"]
     assert mgo["relax_status"] == "converged" and mgo["stable"] and mgo["sun"]
     assert len(mgo["relaxed_lattice"]) == 9 and len(mgo["relaxed_frac_coords"]) == 3 * 8
@@ -91,8 +113,12 @@ def test_cheap_stages_alone_need_no_model(table):
 
 
 def test_actor_maps_a_batch(table, reference_csv, reference_cache):
-    actor = StabilityFunnel(training_dataset=reference_csv, reference_datasets=reference_csv,
-                            cache_dir=reference_cache, relax_steps=300)
+    actor = StabilityFunnel(
+        training_dataset=reference_csv,
+        reference_datasets=reference_csv,
+        cache_dir=reference_cache,
+        relax_steps=300,
+    )
     out = actor(table)
     assert out.num_rows == 9 and out.column_names[: len(table.column_names)] == table.column_names
     counts = dict(actor.last_counts)

@@ -18,12 +18,18 @@ def test_fit_recovers_element_energies():
     rng = np.random.default_rng(0)
     mu_true = {"Na": -1.3, "Cl": -1.8, "O": -4.9, "Fe": -8.2}
     symbols = list(mu_true)
-    comps = [Composition({el: int(k) for el, k in zip(symbols, rng.integers(0, 4, 4)) if k})
-             for _ in range(30)]
+    comps = [
+        Composition({el: int(k) for el, k in zip(symbols, rng.integers(0, 4, 4)) if k})
+        for _ in range(30)
+    ]
     comps = [c for c in comps if c.num_atoms]
     formation = rng.normal(-1.0, 0.5, len(comps))
-    energy = np.array([ef + sum(c.get_atomic_fraction(el) * mu_true[el] for el in symbols)
-                       for c, ef in zip(comps, formation)])
+    energy = np.array(
+        [
+            ef + sum(c.get_atomic_fraction(el) * mu_true[el] for el in symbols)
+            for c, ef in zip(comps, formation)
+        ]
+    )
     mu = fit_element_energies(comps, energy, formation)
     assert set(mu) == set(mu_true)
     for el, value in mu_true.items():
@@ -31,8 +37,12 @@ def test_fit_recovers_element_energies():
 
 
 def test_hull_geometry_in_formation_energy_space():
-    reference = LinearHullReference(mu={"Na": -1.0, "Cl": -2.0}, formulas=["NaCl"],
-                                    formation_energy=np.array([-2.0]), model="test")
+    reference = LinearHullReference(
+        mu={"Na": -1.0, "Cl": -2.0},
+        formulas=["NaCl"],
+        formation_energy=np.array([-2.0]),
+        model="test",
+    )
     nacl, na2cl = Composition("NaCl"), Composition("Na2Cl")
     assert reference.e_above_hull(nacl, -2.0) == pytest.approx(0.0, abs=1e-9)
     assert reference.e_above_hull(nacl, -1.9) == pytest.approx(0.1)
@@ -43,8 +53,9 @@ def test_hull_geometry_in_formation_energy_space():
     kcl = Composition("KCl")
     assert not reference.covers(kcl) and np.isnan(reference.e_above_hull(kcl, -2.0))
     assert np.isnan(reference.formation_energy_per_atom(kcl, -3.0))
-    np.testing.assert_array_equal(stable_flags(np.array([0.05, 0.1, 0.2, np.nan])),
-                                  [True, True, False, False])
+    np.testing.assert_array_equal(
+        stable_flags(np.array([0.05, 0.1, 0.2, np.nan])), [True, True, False, False]
+    )
 
 
 def test_reference_is_cached_as_parquet(potential, reference, reference_csv, reference_cache):
@@ -58,8 +69,12 @@ def test_reference_is_cached_as_parquet(potential, reference, reference_csv, ref
     assert again.mu == pytest.approx(reference.mu, abs=1e-12)
     # The fit maps MatGL energies onto DFT formation energies of the reference crystals.
     predicted = entries["matgl_energy_per_atom"] - [
-        sum(Composition(f).get_atomic_fraction(el) * reference.mu[el.symbol] for el in Composition(f))
-        for f in entries["formula"]]
+        sum(
+            Composition(f).get_atomic_fraction(el) * reference.mu[el.symbol]
+            for el in Composition(f)
+        )
+        for f in entries["formula"]
+    ]
     assert np.abs(predicted - entries["formation_energy_per_atom"]).mean() < 0.08
 
 
@@ -76,8 +91,12 @@ def test_known_stable_crystal_sits_on_the_hull(potential, reference, nas):
     comp = Composition(nas["formula"])
     e_dft = reference.e_above_hull(comp, nas["formation_energy_per_atom"])
     assert abs(e_dft) < 0.02
-    energy = single_point_energies(potential, nas["lattice"][None], [nas["frac_coords"]],
-                                   [nas["atomic_numbers"]])[0] / nas["num_atoms"]
+    energy = (
+        single_point_energies(
+            potential, nas["lattice"][None], [nas["frac_coords"]], [nas["atomic_numbers"]]
+        )[0]
+        / nas["num_atoms"]
+    )
     ef_pred = reference.formation_energy_per_atom(comp, energy)
     e_pred = reference.e_above_hull(comp, ef_pred)
     # The hull does not depend on the query, so e_above_hull moves 1:1 with the energy ...
@@ -89,9 +108,15 @@ def test_known_stable_crystal_sits_on_the_hull(potential, reference, nas):
 def test_strained_copy_is_above_the_hull(potential, reference, nas):
     comp = Composition(nas["formula"])
     lattices = np.stack([nas["lattice"], nas["lattice"] * 1.15 ** (1 / 3)])  # +15 % volume
-    energies = single_point_energies(potential, lattices, [nas["frac_coords"]] * 2,
-                                     [nas["atomic_numbers"]] * 2) / nas["num_atoms"]
-    e_hull = [reference.e_above_hull(comp, reference.formation_energy_per_atom(comp, e)) for e in energies]
+    energies = (
+        single_point_energies(
+            potential, lattices, [nas["frac_coords"]] * 2, [nas["atomic_numbers"]] * 2
+        )
+        / nas["num_atoms"]
+    )
+    e_hull = [
+        reference.e_above_hull(comp, reference.formation_energy_per_atom(comp, e)) for e in energies
+    ]
     assert e_hull[1] > 0.02 and e_hull[1] > e_hull[0]
     assert e_hull[1] - e_hull[0] == pytest.approx(energies[1] - energies[0], abs=1e-9)
 

@@ -37,7 +37,11 @@ def ase_energy(potential, structure: Structure) -> float:
 
 @pytest.mark.parametrize("model", ["M3GNet-MP-2021.2.8-PES", "TensorNet-MatPES-PBE-v2025.1-PES"])
 def test_reference_energies_reproduced(model, potential):
-    pot = potential if model == "M3GNet-MP-2021.2.8-PES" else load_potential(SHARED_MATGL / model, device="cpu")
+    pot = (
+        potential
+        if model == "M3GNet-MP-2021.2.8-PES"
+        else load_potential(SHARED_MATGL / model, device="cpu")
+    )
     assert model_name(pot) == model and not pot.training
     structures = reference_structures()
     lattices, fracs, numbers = arrays(list(structures.values()))
@@ -49,7 +53,11 @@ def test_reference_energies_reproduced(model, potential):
 
 
 def test_shared_folders_are_detected_as_legacy():
-    for model in ("M3GNet-MP-2021.2.8-PES", "M3GNet-MatPES-PBE-v2025.1-PES", "TensorNet-MatPES-PBE-v2025.1-PES"):
+    for model in (
+        "M3GNet-MP-2021.2.8-PES",
+        "M3GNet-MatPES-PBE-v2025.1-PES",
+        "TensorNet-MatPES-PBE-v2025.1-PES",
+    ):
         assert detect_legacy_checkpoint(SHARED_MATGL / model), model
 
 
@@ -57,7 +65,9 @@ def test_checkpoint_saved_by_current_matgl_is_not_legacy(tmp_path):
     from matgl.apps.pes import Potential
     from matgl.models import M3GNet
 
-    Potential(model=M3GNet(element_types=("Na", "Cl"), units=16, nblocks=1), element_refs=np.zeros(2)).save(tmp_path)
+    Potential(
+        model=M3GNet(element_types=("Na", "Cl"), units=16, nblocks=1), element_refs=np.zeros(2)
+    ).save(tmp_path)
     assert not detect_legacy_checkpoint(tmp_path)
     loaded = load_potential(tmp_path, device="cpu")
     conv = type(loaded.model.graph_layers[0].conv).__name__
@@ -76,7 +86,11 @@ def test_single_point_marks_bad_crystals_nan(potential):
     nacl = rock_salt(5.69)
     lattices = np.stack([nacl.lattice.matrix, np.full((3, 3), np.nan), np.eye(3) * 4.0])
     fracs = [nacl.frac_coords, np.zeros((1, 3)), np.zeros((1, 3))]
-    numbers = [np.array(nacl.atomic_numbers), np.array([11]), np.array([99])]  # Es: not in the model
+    numbers = [
+        np.array(nacl.atomic_numbers),
+        np.array([11]),
+        np.array([99]),
+    ]  # Es: not in the model
     energies = single_point_energies(potential, lattices, fracs, numbers)
     assert abs(energies[0] - EXPECTED["M3GNet-MP-2021.2.8-PES"]["NaCl"]) < 8e-4
     assert np.isnan(energies[1:]).all()

@@ -24,10 +24,20 @@ def test_duplicates_point_to_the_first_occurrence():
 
 
 def test_novelty_against_training_set():
-    train = [rock_salt(5.69), Structure(Lattice.cubic(4.2), ["K", "Br"], [[0, 0, 0], [0.5, 0.5, 0.5]])]
-    training = TrainingSet(np.stack([s.lattice.matrix for s in train]), [s.frac_coords for s in train],
-                           [np.array(s.atomic_numbers) for s in train])
+    train = [
+        rock_salt(5.69),
+        Structure(Lattice.cubic(4.2), ["K", "Br"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    ]
+    training = TrainingSet(
+        np.stack([s.lattice.matrix for s in train]),
+        [s.frac_coords for s in train],
+        [np.array(s.atomic_numbers) for s in train],
+    )
     assert len(training) == 2
-    queries = [rock_salt(5.8), cesium_chloride_type_nacl(), None,
-               Structure(Lattice.cubic(4.2), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])]
+    queries = [
+        rock_salt(5.8),
+        cesium_chloride_type_nacl(),
+        None,
+        Structure(Lattice.cubic(4.2), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    ]
     np.testing.assert_array_equal(novelty(queries, training), [False, True, False, True])
