@@ -105,17 +105,34 @@ def evaluate(
     energy = torch.full((b,), float("nan"), dtype=torch.float64)
     forces = torch.full((sum(counts), 3), float("nan"), dtype=torch.float64)
     stress = torch.full((b, 3, 3), float("nan"), dtype=torch.float64)
-    if built.any():
-        keep = built.nonzero().flatten()
-        e, f, s = _run_model(potential, [graphs[i] for i in keep], cells[keep], with_forces)
-        energy[keep] = e
-        atom_mask = torch.repeat_interleave(built, torch.tensor(counts))
-        forces[atom_mask] = f
-        stress[keep] = s
+    keep = built.nonzero().flatten().tolist()
+    groups, results = [], []
+    if keep:
+        try:
+            results = [_run_model(potential, [graphs[i] for i in keep], cells[keep], with_forces)]
+            groups = [keep]
+        except RuntimeError:  # e.g. out of memory, or a graph the model cannot digest
+            groups, results = _one_by_one(potential, graphs, cells, keep, with_forces)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for group, (e, f, s) in zip(groups, results):
+        energy[group], stress[group] = e, s
+        forces[np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in group])] = f
     ok = built & torch.isfinite(energy)
     if with_forces:
         ok &= torch.isfinite(stress).flatten(1).all(1) & _segment_all_finite(forces, counts)
     return Evaluation(energy, forces, stress, ok, ~built)
+
+
+def _one_by_one(potential, graphs, cells, keep, with_forces):
+    """Crystal by crystal; a crystal whose call raises keeps NaN outputs."""
+    groups, results = [], []
+    for i in keep:
+        try:
+            results.append(_run_model(potential, [graphs[i]], cells[[i]], with_forces))
+            groups.append([i])
+        except RuntimeError:
+            continue
+    return groups, results
 
 
 def _run_model(potential, graphs: list[Data], cells: torch.Tensor, with_forces: bool):
