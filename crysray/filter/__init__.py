@@ -7,5 +7,6 @@ Modules (imported one by one; this package imports nothing heavy on its own):
 - relax: ``relax_batch`` (batched FIRE + cell relaxation); relax_ase: ``relax_one_by_one``
 - hull, reference: ``LinearHullReference``, ``build_reference`` (cached), ``HullReference``
 - composition, uniqueness: SMACT validity; StructureMatcher uniqueness and novelty
-- funnel: ``run_funnel``, ``funnel_counts``; actor: ``StabilityFunnel`` for Ray map_batches
+- funnel: ``run_funnel``; counts: ``funnel_counts``; actor: ``StabilityFunnel`` (Ray
+  ``map_batches``)
 """
