@@ -17,6 +17,7 @@ final dataset holds exactly --num-samples rows with unique sample_ids.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -28,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout or a `ray job submit --working-dir .`
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "crysbfn_perov5.pt"
+
+from filter_stability import add_funnel_arguments, add_funnel_stage, funnel_options, prepare_reference  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output directory (created, or resumed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--funnel", action="store_true", help="run the MatGL stability funnel as a pipeline stage")
+    add_funnel_arguments(p)
     return p.parse_args(argv)
 
 
@@ -105,6 +110,11 @@ def run(args) -> dict:
     from crysray.sample.campaign import CampaignWorker
 
     spec, compositions, todo = plan(args)
+    if args.funnel:
+        from crysray.filter.campaign import pending_funnel_units
+
+        prepare_reference(funnel_options(args))
+        todo = sorted(set(todo) | set(pending_funnel_units(args.out)))
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
     # no runtime_env here, so Ray can use its prestarted worker processes
@@ -132,12 +142,18 @@ def run(args) -> dict:
             max_restarts=-1,
             max_task_retries=-1,
         )
+        if args.funnel:  # MatGL stage: its own actor pool, fed unit by unit as samples land
+            summaries = add_funnel_stage(summaries, args, args.out, ray.cluster_resources())
         with tqdm(total=spec.num_samples, initial=spec.num_samples - _rows_to_do(spec, todo),
                   unit="crystal", disable=None) as bar:
             for summary in summaries.iter_rows():
                 bar.update(int(summary["rows"]))
                 arrivals.append((time.perf_counter(), int(summary["rows"])))
     seconds = time.perf_counter() - start
+    if args.funnel:
+        from crysray.filter.campaign import finalize_run
+
+        print(json.dumps(finalize_run(args.out)["funnel"]))
     return {**summarize(args.out, spec, todo, seconds), "steady_crystals_per_second": steady_rate(arrivals)}
 
 
