@@ -31,6 +31,9 @@ def add_funnel_arguments(p: argparse.ArgumentParser) -> None:
                                                      "or ../shared/matgl/M3GNet-MP-2021.2.8-PES)")
     g.add_argument("--training-dataset", type=Path, default=None,
                    help="CSV split of known crystals for novelty (default: Perov-5 train)")
+    g.add_argument("--reference-datasets", type=Path, nargs="+", default=None,
+                   help="CSV splits with formation energies for the hull (default: the MP-20 files in "
+                        "../shared/data; see crysray/filter/reference.py)")
     g.add_argument("--relax-steps", type=int, default=300)
     g.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/A")
     g.add_argument("--stable-threshold", type=float, default=0.1, help="eV/atom above hull")
@@ -44,7 +47,9 @@ def funnel_options(args) -> dict:
     training = args.training_dataset or dataset_path("perov_5", "train")
     if not Path(training).is_file():
         raise FileNotFoundError(f"training dataset not found: {training}")
-    return {"model": args.potential, "training_dataset": str(training), "relax_steps": args.relax_steps,
+    references = [str(p) for p in args.reference_datasets] if args.reference_datasets else None
+    return {"model": args.potential, "training_dataset": str(training), "reference_datasets": references,
+            "relax_steps": args.relax_steps,
             "fmax": args.fmax, "stable_threshold": args.stable_threshold}
 
 
@@ -53,7 +58,7 @@ def prepare_reference(options: dict) -> None:
     from crysray.filter.potential import load_potential
     from crysray.filter.reference import build_reference
 
-    build_reference(load_potential(options["model"]))
+    build_reference(load_potential(options["model"]), options["reference_datasets"])
 
 
 def add_funnel_stage(dataset, args, run_dir: Path, cluster: dict):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from conftest import REPO
+from support import REPO
 
 
 def load() -> dict:

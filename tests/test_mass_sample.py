@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 JOB = [sys.executable, str(REPO / "jobs" / "mass_sample.py")]
 

@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from support import REPO, TINY
 from crysray.sample.sampler import Composition, CrystalSampler
 from crysray.train.checkpoint import read_checkpoint
 

@@ -70,7 +70,7 @@ def pending_funnel_units(run_dir: str | Path) -> list[int]:
 def finalize_run(run_dir: str | Path) -> dict:
     """Run-wide uniqueness, S.U.N. and counts over the finished per-unit funnel files."""
     run_dir = Path(run_dir)
-    table = ds.dataset(run_dir / FUNNEL_DIR, format="parquet").to_table()
+    table = funnel_table(run_dir)
     unique, duplicate_of = run_uniqueness(table)
     decided = pa.table({"sample_id": table["sample_id"], "unique": unique,
                         "duplicate_of": pa.array(duplicate_of, pa.string())})
@@ -80,6 +80,12 @@ def finalize_run(run_dir: str | Path) -> dict:
     counts = funnel_counts(full)
     (run_dir / FUNNEL_DIR / "summary.json").write_text(json.dumps(counts, indent=1))
     return counts
+
+
+def funnel_table(run_dir: str | Path) -> pa.Table:
+    """All per-unit funnel rows of a run (without the run-wide uniqueness columns)."""
+    files = sorted((Path(run_dir) / FUNNEL_DIR).glob("unit-*.parquet"))
+    return ds.dataset([str(f) for f in files], format="parquet").to_table()
 
 
 def with_uniqueness(table: pa.Table, unique) -> pa.Table:

@@ -1,0 +1,147 @@
+"""Turn a sampling run directory into report.md, report.json and PNG plots.
+
+    python jobs/report.py --run outputs/perov5_csp
+
+Plots: energy above hull histogram, element frequency, space-group distribution (spglib via
+pymatgen, on struct-valid crystals), funnel counts per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def load_rows(run: Path):
+    import pyarrow.dataset as ds
+
+    funnel = run / "funnel"
+    if any(funnel.glob("unit-*.parquet")):
+        import pyarrow.parquet as pq
+
+        from crysray.filter.campaign import funnel_table, with_uniqueness
+
+        table = funnel_table(run)
+        unique_file = funnel / "unique.parquet"
+        if unique_file.exists():
+            decided = dict(zip(*pq.read_table(unique_file, columns=["sample_id", "unique"]).to_pydict().values()))
+            table = with_uniqueness(table, [bool(decided.get(i, False)) for i in table["sample_id"].to_pylist()])
+        return table
+    return ds.dataset(run / "data", format="parquet").to_table()
+
+
+def space_groups(table, limit: int) -> Counter:
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from crysray.sample.schema import rows_to_structures
+
+    valid = table.filter(table["valid_structure"]).slice(0, limit)
+    counts = Counter()
+    for s in rows_to_structures(valid):
+        try:
+            counts[SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()] += 1
+        except Exception:  # noqa: BLE001 - spglib fails on a few degenerate cells
+            counts["(failed)"] += 1
+    return counts
+
+
+def element_counts(table) -> Counter:
+    from pymatgen.core import Element
+
+    counts = Counter()
+    for zs in table["atomic_numbers"].to_pylist():
+        counts.update(Element.from_Z(z).symbol for z in set(zs))
+    return counts
+
+
+def plot(out: Path, name: str, labels, values, title: str, xlabel: str, hist: bool = False) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if hist:
+        ax.hist(values, bins=50, color="tab:blue")
+        ax.axvline(0.1, color="tab:red", ls="--", label="0.1 eV/atom")
+        ax.legend()
+    else:
+        ax.bar(range(len(values)), values, color="tab:blue")
+        ax.set_xticks(range(len(labels)), labels, rotation=70, fontsize=7)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("crystals")
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
+    import numpy as np
+
+    from crysray.filter.counts import funnel_counts
+
+    table = load_rows(run)
+    if table.num_rows == 0:
+        raise ValueError(f"{run} holds no crystals")
+    report = {"run": str(run), "crystals": table.num_rows,
+              "valid_fraction": float(np.mean(table["valid_structure"].to_pylist())),
+              "elements": dict(element_counts(table).most_common()),
+              "space_groups": dict(space_groups(table, spacegroup_limit).most_common()),
+              "spacegroup_sample": min(spacegroup_limit, table.num_rows)}
+    plots = [plot(run, "elements.png", *zip(*list(report["elements"].items())[:40]), "Element frequency (top 40)", "element"),
+             plot(run, "spacegroups.png", *zip(*list(report["space_groups"].items())[:30]), "Space groups (valid crystals)", "space group")]
+    if "pass_structure" in table.column_names:
+        report["funnel"] = funnel_counts(table)
+        stages = list(report["funnel"]["funnel"].items())
+        plots.append(plot(run, "funnel.png", ["generated"] + [s for s, _ in stages],
+                          [table.num_rows] + [c for _, c in stages], "Funnel: crystals passing each stage", "stage"))
+        e = [v for v in table["e_above_hull"].to_pylist() if v is not None and np.isfinite(v)]
+        if e:
+            report["e_above_hull_median"] = float(np.median(e))
+            plots.append(plot(run, "e_above_hull.png", None, np.clip(e, -0.5, 2.0), "Energy above hull (clipped to [-0.5, 2])",
+                              "eV/atom", hist=True))
+    report["plots"] = plots
+    (run / "report.json").write_text(json.dumps(report, indent=1))
+    (run / "report.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# crysray run report: {report['run']}", "",
+             f"- crystals: {report['crystals']}", f"- struct-valid: {report['valid_fraction']:.1%}"]
+    if "funnel" in report:
+        f = report["funnel"]
+        lines += ["", "| stage | passing (cumulative) |", "|---|---:|"]
+        lines += [f"| {stage} | {count} |" for stage, count in f["funnel"].items()]
+        if "sun" in f:
+            lines += ["", f"S.U.N. (stable, unique, novel): {f['sun']} ({f['sun_fraction']:.2%})"]
+    top = ", ".join(f"{k} ({v})" for k, v in list(report["space_groups"].items())[:8])
+    lines += ["", f"Most common space groups (of {report['spacegroup_sample']}): {top}", ""]
+    lines += [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--spacegroup-limit", type=int, default=2000, help="crystals analysed by spglib")
+    args = p.parse_args(argv)
+    try:
+        report = build_report(args.run, args.spacegroup_limit)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        return 2
+    print((args.run / "report.md").read_text())
+    return 0 if report else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
