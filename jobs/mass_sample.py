@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="rows to generate (default: one per composition); compositions are cycled")
     p.add_argument("--steps", type=int, default=10, help="network evaluations N per crystal")
     p.add_argument("--batch-size", type=int, default=256, help="crystals per network call")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: backbone under bfloat16 autocast (fast on AMX CPUs and tensor-core GPUs)")
     p.add_argument("--unit-size", type=int, default=1024, help="crystals per work unit (and per file)")
     p.add_argument("--replicas", type=int, default=1, help="model replicas (Ray actors)")
     p.add_argument("--cpus-per-replica", type=float, default=None,
@@ -82,7 +84,7 @@ def plan(args):
         task=args.task, checkpoint_hash=checkpoint_hash(args.checkpoint),
         compositions_digest=compositions_digest(compositions),
         num_samples=args.num_samples or len(compositions), steps=args.steps, seed=args.seed,
-        unit_size=args.unit_size, batch_size=args.batch_size,
+        unit_size=args.unit_size, batch_size=args.batch_size, precision=args.precision,
     )
     return spec, compositions, open_run(args.out, spec)
 

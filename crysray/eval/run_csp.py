@@ -29,12 +29,13 @@ def evaluate_csp(
     seed: int = 0,
     limit: int | None = None,
     workers: int = 2,
+    precision: str = "fp32",
 ) -> dict:
     """Sample k candidates per crystal of the split and score them against the split."""
     table = load_split(dataset_path(dataset, split))
     if limit:
         table = table.subset(range(min(limit, len(table))))
-    sampler = CrystalSampler(str(checkpoint), steps, batch_size=batch_size)
+    sampler = CrystalSampler(str(checkpoint), steps, batch_size=batch_size, precision=precision)
     compositions = table_compositions(table)
     start = time.perf_counter()
     # candidate j of every crystal comes from work unit j
@@ -45,6 +46,7 @@ def evaluate_csp(
     return {
         **metrics,
         "steps": steps,
+        "precision": precision,
         "dataset": dataset,
         "split": split,
         "seed": seed,
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="first LIMIT crystals only")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--workers", type=int, default=2, help="processes for structure matching")
     parser.add_argument("--out", type=Path, default=None, help="append the result as a JSON line")
     args = parser.parse_args(argv)
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.limit,
             args.workers,
+            args.precision,
         )
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"run_csp: error: {err}", file=sys.stderr)

@@ -41,10 +41,12 @@ class CrysBFNDenoiser(nn.Module):
         batch_idx = torch.repeat_interleave(torch.arange(num_atoms.numel(), device=m.device), num_atoms)
         time = sinusoidal_embedding(t, self.time_dim)[batch_idx]
         h = self.atom_latent(torch.cat([self.type_embedding(atom_types), time, u], dim=-1))
-        h = self.backbone(h, (m + math.pi) / (2 * math.pi), lattice, num_atoms)
-        x_hat = wrap(m + self.coord_head(h))  # residual on m: periodic-translation equivariant
-        mix = self.lattice_head(segment_mean(h, batch_idx, num_atoms.numel())).view(-1, 3, 3)
-        return x_hat, mix @ lattice  # left-multiplying keeps O(3) equivariance
+        h = self.backbone(h, (m + math.pi) / (2 * math.pi), lattice, num_atoms).float()
+        # the heads stay in float32 even when the backbone runs under bfloat16 autocast
+        with torch.autocast(h.device.type, enabled=False):
+            x_hat = wrap(m + self.coord_head(h))  # residual on m: periodic-translation equivariant
+            mix = self.lattice_head(segment_mean(h, batch_idx, num_atoms.numel())).view(-1, 3, 3)
+            return x_hat, mix @ lattice  # left-multiplying keeps O(3) equivariance
 
 
 class CrysBFN(nn.Module):

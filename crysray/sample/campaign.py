@@ -45,6 +45,7 @@ class CampaignSpec:
     seed: int
     unit_size: int
     batch_size: int
+    precision: str = "fp32"
 
     @property
     def num_units(self) -> int:
@@ -115,7 +116,8 @@ class CampaignWorker:
         self.spec = CampaignSpec(**spec)
         self.out_dir = Path(out_dir)
         self.compositions = compositions
-        self.sampler = CrystalSampler(checkpoint, self.spec.steps, self.spec.batch_size, device, threads)
+        self.sampler = CrystalSampler(checkpoint, self.spec.steps, self.spec.batch_size, device, threads,
+                                      self.spec.precision)
         self.metadata = {b"crysray_schema_version": SCHEMA.metadata[b"crysray_schema_version"],
                          b"crysray_run": json.dumps(spec).encode()}
 
