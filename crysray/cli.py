@@ -2,7 +2,10 @@
 
 Example (the shipped Perov-5 model)::
 
-    crysray-train --config crysbfn_perov5 --run-dir runs/perov5 train.max_minutes=120
+    crysray-train --config crysbfn_perov5 --run-dir runs/perov5 --export checkpoints/crysbfn_perov5.pt \
+        train.max_minutes=97 train.ema_decay=0.999 train.threads=1
+
+Rerunning the same command resumes the run (or, once it is finished, only re-exports).
 """
 
 from __future__ import annotations
@@ -62,12 +65,16 @@ def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="crysbfn_perov5", help="packaged config name or YAML path")
     parser.add_argument("--run-dir", type=Path, required=True, help="checkpoint.pt and snapshots go here; resumes if present")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="write the EMA weights + config (what sampling needs) here at the end")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_minutes=120")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_config(args.config, args.overrides)
         result = run_local_training(config, args.run_dir)
+        if args.export:
+            export_inference(args.run_dir / "checkpoint.pt", args.export)
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"crysray-train: error: {err}", file=sys.stderr)
         return 2

@@ -17,6 +17,10 @@ from crysray.train.checkpoint import read_checkpoint
 
 @pytest.mark.slow
 def test_ray_train_two_workers_checkpoint_loads_and_samples(tmp_path):
+    from crysray.data.csv import dataset_path, load_split
+
+    for split in ("train", "val"):  # parse once here; both workers then read the Parquet cache
+        load_split(dataset_path("perov_5", split))
     export = tmp_path / "model.pt"
     cmd = [sys.executable, str(REPO / "jobs" / "train.py"), "--workers", "2", "--storage", str(tmp_path / "ray"),
            "--name", "t", "--export", str(export), *TINY, "train.max_steps=12", "train.batch_size=32"]
