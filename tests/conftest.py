@@ -17,6 +17,15 @@ def _seed_everything():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tests use small tensors: extra intra-op threads only contend with Ray workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Schedules and parsed splits go to a per-session cache, never the user's."""
     old = os.environ.get("CRYSRAY_CACHE")

@@ -9,29 +9,11 @@ import torch
 
 from crysray.config import load_config
 from crysray.methods.crysbfn import CrysBFN
-from crysray.methods.schedule import linear_entropy_alphas
 from crysray.methods.torus import frac_to_angle, wrap
 from crysray.types import CrystalBatch
 
 NET = ["net.hidden_dim=32", "net.num_layers=2", "net.num_freqs=8"]
 LATTICE_STD = 2.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CRYSRAY_CACHE", str(tmp_path_factory.mktemp("cache")))
-        linear_entropy_alphas.cache_clear()
-        yield
-        linear_entropy_alphas.cache_clear()
 
 
 def _model(train_steps=(10,), seed=0) -> CrysBFN:

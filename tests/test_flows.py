@@ -10,31 +10,11 @@ import torch
 from scipy import stats
 
 from crysray.methods.flows import GaussianFlow, NoiseBank, VonMisesFlow, bayesian_update
-from crysray.methods.schedule import linear_entropy_alphas
 from crysray.methods.torus import bessel_ratio, wrap
 
 BETA1 = 1e3
 SIGMA1 = 0.03162277660168379
 N = 20
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors only: extra intra-op threads just contend with other jobs on the box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Schedules are solved into a private cache dir, never the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CRYSRAY_CACHE", str(tmp_path_factory.mktemp("cache")))
-        linear_entropy_alphas.cache_clear()
-        yield
-        linear_entropy_alphas.cache_clear()
 
 
 @pytest.fixture(scope="module")

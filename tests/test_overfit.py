@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from crysray.config import load_config
 from crysray.data.csv import dataset_path, load_split

@@ -41,7 +41,7 @@ class CrysBFNDenoiser(nn.Module):
         batch_idx = torch.repeat_interleave(torch.arange(num_atoms.numel(), device=m.device), num_atoms)
         time = sinusoidal_embedding(t, self.time_dim)[batch_idx]
         h = self.atom_latent(torch.cat([self.type_embedding(atom_types), time, u], dim=-1))
-        h = self.backbone(h, (m + math.pi) / (2 * math.pi), lattice, num_atoms).float()
+        h = self.backbone(h, (m + math.pi) / (2 * math.pi), lattice, num_atoms).to(m.dtype)
         # the heads stay in float32 even when the backbone runs under bfloat16 autocast
         with torch.autocast(h.device.type, enabled=False):
             x_hat = wrap(m + self.coord_head(h))  # residual on m: periodic-translation equivariant
