@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from crysray.data.dataset import CrystalTable
+from crysray.paths import default_cache_dir, default_data_dir
 from crysray.structures import canonical_structure, parse_cif, structure_to_arrays
 
 logger = logging.getLogger("crysray.data")
@@ -30,19 +31,6 @@ PROCESSING_VERSION = "crysray-csv-2:niggli,obtuse-if-right-angle,from_parameters
 CHUNK_ROWS = 256  # rows per pool task: large enough to amortise pickling, small for balance
 
 Row = tuple[np.ndarray, np.ndarray, np.ndarray]  # lattice (3, 3), frac (n, 3), Z (n,)
-
-
-def default_data_dir() -> Path:
-    """$CRYSRAY_DATA_DIR, else ``../shared/data`` next to the repository root."""
-    if env := os.environ.get("CRYSRAY_DATA_DIR"):
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[2]  # crysray/data/csv.py -> repo root
-    return repo_root.parent / "shared" / "data"
-
-
-def default_cache_dir() -> Path:
-    """$CRYSRAY_CACHE, else ``~/.cache/crysray``."""
-    return Path(os.environ.get("CRYSRAY_CACHE") or Path.home() / ".cache" / "crysray")
 
 
 def dataset_path(name: str, split: str, data_dir: str | Path | None = None) -> Path:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from crysray.paths import REPO_PARENT
+
 # Name of the attribute that records which model a Potential was loaded from (cache keys).
 MODEL_NAME_ATTR = "crysray_model_name"
 DEFAULT_MODEL = "M3GNet-MP-2021.2.8-PES"
@@ -48,8 +50,7 @@ DEFAULT_MODEL = "M3GNet-MP-2021.2.8-PES"
 
 def default_model_path() -> Path:
     """``../shared/matgl/M3GNet-MP-2021.2.8-PES`` next to the repository root."""
-    repo_root = Path(__file__).resolve().parents[2]  # crysray/filter/potential.py -> repo root
-    return repo_root.parent / "shared" / "matgl" / DEFAULT_MODEL
+    return REPO_PARENT / "shared" / "matgl" / DEFAULT_MODEL
 
 
 def load_potential(

@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pymatgen.core import Composition
 
-from crysray.data.csv import dataset_path, default_cache_dir
+from crysray.data.csv import dataset_path
+from crysray.paths import default_cache_dir
 from crysray.filter.graphs import single_point_energies
 from crysray.filter.hull import LinearHullReference, fit_element_energies
 from crysray.filter.potential import model_name
@@ -48,7 +49,7 @@ DEFAULT_DATASETS = (("mp_20_pilot", "train"), ("mp_20_pilot", "val"), ("mp_20_bi
 
 
 def default_reference_paths() -> list[Path]:
-    """The files of ``DEFAULT_DATASETS`` under ``crysray.data.csv.default_data_dir()``."""
+    """The files of ``DEFAULT_DATASETS`` under ``crysray.paths.default_data_dir()``."""
     return [dataset_path(name, split) for name, split in DEFAULT_DATASETS]
 
 
@@ -67,7 +68,7 @@ def build_reference(
         datasets: one or more CSV(.gz) files with ``cif``, ``material_id`` and
             ``formation_energy_per_atom`` columns; a material_id seen in an earlier file is
             skipped. Default ``default_reference_paths()``.
-        cache_dir: default ``crysray.data.csv.default_cache_dir()``.
+        cache_dir: default ``crysray.paths.default_cache_dir()``.
         limit: use only the first ``limit`` rows of each file (tests, quick runs).
         relax_steps: 0 for single points on the given structures, else FIRE steps per crystal.
         fmax: force threshold of that relaxation, eV/A.

@@ -23,13 +23,10 @@ import numpy as np
 from scipy import optimize, special
 
 from crysray.methods.torus import von_mises_entropy
+from crysray.paths import default_cache_dir
 
 _GRID = np.linspace(-math.pi, math.pi, 16384, endpoint=False)
 _COS = np.cos(_GRID)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CRYSRAY_CACHE", Path.home() / ".cache" / "crysray"))
 
 
 def expected_resultant(prev: float, alpha: float) -> float:
