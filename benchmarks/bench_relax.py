@@ -89,8 +89,8 @@ def evaluation_speedup(potential, lattices, fracs, numbers, repeats: int = 3) ->
     return {"batched_seconds": batched, "one_by_one_seconds": single, "speedup": single / batched}
 
 
-def main(n: int = 32, fmax: float = 0.05, max_steps: int = 500, max_atoms: int = 2000) -> dict:
-    torch.set_num_threads(1)
+def main(n: int = 32, fmax: float = 0.05, max_steps: int = 500, max_atoms: int = 2000, threads: int = 1) -> dict:
+    torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")
     potential = load_potential()
     lattices, fracs, numbers = perturbed_test_crystals(n)
@@ -138,7 +138,7 @@ def main(n: int = 32, fmax: float = 0.05, max_steps: int = 500, max_atoms: int =
         f" identical step counts {report['same_steps']}/{n}"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_relax.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"bench_relax_{threads}thread.json").write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -148,5 +148,6 @@ if __name__ == "__main__":
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--max-steps", type=int, default=500)
     parser.add_argument("--max-atoms", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both relaxers")
     args = parser.parse_args()
-    main(args.n, args.fmax, args.max_steps, args.max_atoms)
+    main(args.n, args.fmax, args.max_steps, args.max_atoms, args.threads)
