@@ -101,7 +101,7 @@ def resources(args, cluster: dict) -> dict:
     cpus = args.cpus_per_replica
     if cpus is None:
         cpus = 1.0 if gpus else max(0.25, (cluster.get("CPU", 1) - 0.5) / args.replicas)
-    threads = args.threads_per_replica or max(1, math.floor(cpus)) if not gpus else args.threads_per_replica
+    threads = args.threads_per_replica or (max(1, math.ceil(cpus)) if not gpus else None)
     return {"num_cpus": cpus, "num_gpus": gpus, "threads": threads}
 
 
