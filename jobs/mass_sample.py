@@ -111,11 +111,12 @@ def run(args) -> dict:
 
     from crysray.sample.campaign import CampaignWorker
 
+    options = funnel_options(args) if args.funnel else None  # validated before anything is written
     spec, compositions, todo = plan(args)
     if args.funnel:
         from crysray.filter.campaign import pending_funnel_units
 
-        prepare_reference(funnel_options(args))
+        prepare_reference(options)
         todo = sorted(set(todo) | set(pending_funnel_units(args.out)))
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
