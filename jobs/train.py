@@ -42,7 +42,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_table, val_table = load_dataset_splits(config)
     config = prepare_config(config, train_table)
     batch = config.train.batch_size // world  # the global batch stays the configured one
-    steps_per_epoch = len(range(0, -(-len(train_table) // world) - batch + 1, batch))
+    steps_per_epoch = len(train_table.batch_indices(batch, shuffle=False, rank=rank, world_size=world,
+                                                    drop_last=True))
     config = config.replace("train", checkpoint_every=max(1, steps_per_epoch))  # one report per epoch
 
     workdir = Path(tempfile.mkdtemp(prefix=f"crysray-rank{rank}-"))

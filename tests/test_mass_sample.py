@@ -140,3 +140,21 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(case, tiny_checkpoint
     assert len(lines) == 1 and lines[0].startswith("mass_sample: error:"), result.stderr
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} if out.exists() else {}
     assert after == before
+
+
+def test_rows_turn_back_into_structures_and_files(tiny_checkpoint, formulas_file, tmp_path):
+    from crysray.sample.compositions import read_compositions
+    from crysray.sample.sampler import CrystalSampler
+    from crysray.sample.schema import rows_to_structures, write_structures
+
+    table = CrystalSampler(str(tiny_checkpoint), steps=3, threads=1).sample_unit(0, 0, read_compositions(formulas_file))
+    structures = rows_to_structures(table)
+    assert [s.composition.reduced_formula for s in structures] == table.column("formula").to_pylist()
+    assert write_structures(table, tmp_path / "cif") == 4
+    assert sorted(p.stem for p in (tmp_path / "cif").glob("*.cif")) == sorted(table.column("sample_id").to_pylist())
+    assert write_structures(table, tmp_path / "xyz", fmt="extxyz") == 4
+    from ase.io import read
+
+    assert len(read(tmp_path / "xyz" / "structures.extxyz", index=":")) == 4
+    with pytest.raises(ValueError, match="unknown structure format"):
+        write_structures(table, tmp_path / "x", fmt="pdb")

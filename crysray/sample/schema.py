@@ -25,7 +25,7 @@ The schema version and the run configuration are also stored in the file metadat
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -125,8 +125,6 @@ def rows_to_structures(table: pa.Table) -> list[Structure | None]:
 
 def write_structures(table: pa.Table, directory, fmt: str = "cif") -> int:
     """Write one file per row, named by sample_id (``cif``) or one ``.extxyz`` file."""
-    from pathlib import Path
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     structures = rows_to_structures(table)
@@ -144,7 +142,3 @@ def write_structures(table: pa.Table, directory, fmt: str = "cif") -> int:
     else:
         raise ValueError(f"unknown structure format {fmt!r} (cif or extxyz)")
     return sum(s is not None for s in structures)
-
-
-def provenance_metadata(config: dict) -> dict[bytes, bytes]:
-    return {b"crysray_schema_version": str(SCHEMA_VERSION).encode(), b"crysray_config": json.dumps(config).encode()}
