@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout or a `ray job submit --work
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "crysbfn_perov5.pt"
 
-from filter_stability import add_funnel_arguments, add_funnel_stage, funnel_options, prepare_reference  # noqa: E402
-
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from crysray.filter.config import add_funnel_arguments
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--task", choices=["csp"], default="csp",
@@ -109,14 +109,19 @@ def run(args) -> dict:
     import ray
     from tqdm import tqdm
 
+    from crysray.data.csv import dataset_path
+    from crysray.filter.config import funnel_config_from_args
     from crysray.sample.campaign import CampaignWorker
 
-    options = funnel_options(args) if args.funnel else None  # validated before anything is written
+    # validated before anything is written
+    config = funnel_config_from_args(args, dataset_path("perov_5", "train")) if args.funnel else None
     spec, compositions, todo = plan(args)
     if args.funnel:
-        from crysray.filter.campaign import pending_funnel_units
+        from crysray.filter.campaign import open_funnel, pending_funnel_units
+        from crysray.filter.hulls import prepare_hull
 
-        prepare_reference(options)
+        hull = prepare_hull(config, {c.formula for c in compositions}, args.mp_api_key)
+        open_funnel(args.out, config, hull)
         todo = sorted(set(todo) | set(pending_funnel_units(args.out)))
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
@@ -146,7 +151,10 @@ def run(args) -> dict:
             max_task_retries=-1,
         )
         if args.funnel:  # MatGL stage: its own actor pool, fed unit by unit as samples land
-            summaries = add_funnel_stage(summaries, args, args.out, ray.cluster_resources())
+            from crysray.distributed import add_funnel_stage
+
+            summaries = add_funnel_stage(summaries, config, args.out, args.funnel_replicas,
+                                         args.funnel_cpus, args.funnel_gpus)
         with tqdm(total=spec.num_samples, initial=spec.num_samples - _rows_to_do(spec, todo),
                   unit="crystal", disable=None) as bar:
             for summary in summaries.iter_rows():
@@ -189,10 +197,12 @@ def summarize(out_dir: Path, spec, todo, seconds: float) -> dict:
 
 
 def main(argv=None) -> int:
+    from crysray.mp import MPError
+
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, FileNotFoundError, OSError, MPError) as err:
         print(f"mass_sample: error: {err}", file=sys.stderr)
         return 2
     print("\n".join([

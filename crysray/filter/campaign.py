@@ -11,7 +11,6 @@ writes ``funnel/unique.parquet`` and ``funnel/summary.json``.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,13 +20,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from crysray.atomic import atomic_path, write_text_atomic
 from crysray.filter.actor import StabilityFunnel
+from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import STAGES, bools, funnel_counts
 from crysray.filter.uniqueness import uniqueness
-from crysray.sample.campaign import DATA_DIR, unit_path
+from crysray.sample.campaign import DATA_DIR, RunDirectoryError, unit_path
 from crysray.sample.schema import rows_to_structures
 
 FUNNEL_DIR = "funnel"
+FUNNEL_MANIFEST = "manifest.json"
 PER_UNIT_STAGES = tuple(s for s in STAGES if s != "unique")
 
 
@@ -35,13 +37,39 @@ def funnel_path(run_dir: Path, unit: int) -> Path:
     return Path(run_dir) / FUNNEL_DIR / unit_path(run_dir, unit).name
 
 
+def open_funnel(run_dir: str | Path, config: FunnelConfig, hull: dict) -> None:
+    """Record the funnel settings and hull in ``funnel/manifest.json``; refuse other settings.
+
+    Per-unit funnel files of one run must come from one configuration, or the run-wide
+    counts would mix hulls; a rerun with the same settings resumes.
+    """
+    path = Path(run_dir) / FUNNEL_DIR / FUNNEL_MANIFEST
+    if path.is_file():
+        saved = json.loads(path.read_text())["config"]
+        if saved != config.as_dict():
+            changed = sorted(k for k in saved.keys() | config.as_dict().keys()
+                             if saved.get(k) != config.as_dict().get(k))  # fmt: skip
+            raise RunDirectoryError(
+                f"{run_dir} was filtered with other funnel settings ({', '.join(changed)}); "
+                "rerun with the same settings or filter a copy"
+            )
+        return
+    write_text_atomic(path, json.dumps({"config": config.as_dict(), "hull": hull}, indent=1))
+
+
+def read_funnel_manifest(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / FUNNEL_DIR / FUNNEL_MANIFEST).read_text())
+
+
 class FunnelUnitWorker:
     """One funnel replica (potential, hull reference, training set loaded once)."""
 
-    def __init__(self, run_dir: str, **funnel_options):
+    def __init__(self, run_dir: str, config: dict, torch_threads: int | None = None):
         self.run_dir = Path(run_dir)
         (self.run_dir / FUNNEL_DIR).mkdir(exist_ok=True)
-        self.funnel = StabilityFunnel(stages=PER_UNIT_STAGES, **funnel_options)
+        self.funnel = StabilityFunnel(
+            FunnelConfig(**config), stages=PER_UNIT_STAGES, torch_threads=torch_threads
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Filters the batch's units; passes the batch through (e.g. sampling summaries)."""
@@ -53,9 +81,8 @@ class FunnelUnitWorker:
         out = funnel_path(self.run_dir, unit)
         if not out.exists():  # done by an earlier attempt
             table = self.funnel(pq.read_table(unit_path(self.run_dir, unit)))
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            pq.write_table(table, tmp)
-            os.replace(tmp, out)
+            with atomic_path(out) as tmp:
+                pq.write_table(table, tmp)
         return out
 
 
@@ -74,11 +101,11 @@ def finalize_run(run_dir: str | Path) -> dict:
     unique, duplicate_of = run_uniqueness(table)
     decided = pa.table({"sample_id": table["sample_id"], "unique": unique,
                         "duplicate_of": pa.array(duplicate_of, pa.string())})
-    pq.write_table(decided, run_dir / FUNNEL_DIR / ".unique.parquet.tmp")
-    os.replace(run_dir / FUNNEL_DIR / ".unique.parquet.tmp", run_dir / FUNNEL_DIR / "unique.parquet")
+    with atomic_path(run_dir / FUNNEL_DIR / "unique.parquet") as tmp:
+        pq.write_table(decided, tmp)
     full = with_uniqueness(table, unique)
     counts = funnel_counts(full)
-    (run_dir / FUNNEL_DIR / "summary.json").write_text(json.dumps(counts, indent=1))
+    write_text_atomic(run_dir / FUNNEL_DIR / "summary.json", json.dumps(counts, indent=1))
     return counts
 
 

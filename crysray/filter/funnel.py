@@ -9,8 +9,11 @@ Input rows follow crysray.sample.schema (``sample_id``, ``atomic_numbers``, ``fr
 - novel: ``novel`` (no StructureMatcher match in the training set); flag ``novel``;
 - relax: ``relax_status``, ``relax_steps``, ``energy_per_atom`` (eV/atom), ``relaxed_lattice``
   (9 floats, A), ``relaxed_frac_coords`` (3n floats); flag ``pass_relax`` (converged);
-- hull: ``formation_energy_per_atom``, ``e_above_hull`` (eV/atom), ``hull_status`` ("ok",
-  "no_reference"); flag ``stable``.
+- hull: ``formation_energy_per_atom`` (eV/atom, Materials Project scale, crysray.filter.energy),
+  ``e_above_hull`` (eV/atom), ``hull_status`` ("ok", "no_reference": an element without a
+  reference, "incompatible": refused by the MP2020 correction scheme), ``hull_reference``
+  (the hull's name) and ``hull_reference_phases`` (reference compounds in the crystal's
+  chemical system: few means the call is a guess); flag ``stable``.
 
 Uniqueness and novelty are checked on structurally valid rows. Only rows that pass every
 stage in ``relax_gate`` (default: all the cheap stages that run) are relaxed; the others get
@@ -29,10 +32,13 @@ import pyarrow as pa
 
 from crysray.eval.validity import structure_validity
 from crysray.filter.composition import composition_of, composition_validity
+from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import FLAGS, STAGES, bools, funnel_counts
-from crysray.filter.hull import STABLE_THRESHOLD, HullReference, stable_flags
+from crysray.filter.energy import ElementalReferences, corrected_energy
+from crysray.filter.hull import HullReference, stable_flags
 from crysray.filter.relax import relax_batch
 from crysray.filter.uniqueness import TrainingSet, novelty, uniqueness
+from crysray.structures import arrays_to_structure
 
 CHEAP_STAGES = ("structure", "composition", "unique", "novel")
 
@@ -44,58 +50,52 @@ class _Run:
     table: pa.Table
     rows: list
     stages: tuple[str, ...]
+    config: FunnelConfig
     potential: object
-    reference: HullReference | None
+    hull: HullReference | None
+    references: ElementalReferences | None
     training: TrainingSet | None
     relax_gate: tuple[str, ...]
-    relax_steps: int
-    fmax: float
-    stable_threshold: float
-    max_atoms_per_batch: int
     columns: dict = field(default_factory=dict)
 
 
 def run_funnel(
     table: pa.Table,
+    config: FunnelConfig | None = None,
     *,
     potential=None,
-    reference: HullReference | None = None,
+    hull: HullReference | None = None,
+    references: ElementalReferences | None = None,
     training_structures: TrainingSet | None = None,
     stages: tuple[str, ...] = STAGES,
     relax_gate: tuple[str, ...] | None = None,
-    relax_steps: int = 500,
-    fmax: float = 0.05,
-    stable_threshold: float = STABLE_THRESHOLD,
-    max_atoms_per_batch: int = 2000,
 ) -> tuple[pa.Table, dict]:
     """Run the stages in order on ``table``; return (table with the new columns, counts).
 
     Args:
+        config: relaxation and stability settings (``relax_steps``, ``fmax``,
+            ``stable_threshold``, ``max_atoms_per_batch``).
         potential: matgl Potential (needed by "relax").
-        reference: hull reference (needed by "hull").
+        hull, references: hull reference and MP elemental references (needed by "hull").
         training_structures: known crystals for "novel"; None skips that stage.
         stages: subset of STAGES to run (always in STAGES order).
         relax_gate: stages a row must pass to be relaxed; default the cheap stages that run.
-        relax_steps, fmax: FIRE step limit and force threshold (eV/A) of the relaxation.
-        stable_threshold: ``stable`` means e_above_hull <= this (eV/atom).
-        max_atoms_per_batch: atoms per batched model call.
 
     Returns:
         counts: see ``funnel_counts``, plus "seconds" (wall time per stage).
     """
+    config = config or FunnelConfig()
     if training_structures is None:
         stages = tuple(s for s in stages if s != "novel")
-    if "hull" in stages and ("relax" not in stages or reference is None):
-        raise ValueError("the hull stage needs the relax stage and a reference")
+    if "hull" in stages and ("relax" not in stages or hull is None or references is None):
+        raise ValueError("the hull stage needs the relax stage, a hull and elemental references")
     if "relax" in stages and potential is None:
         raise ValueError("the relax stage needs a potential")
     stages = tuple(s for s in STAGES if s in stages)
     gate = relax_gate if relax_gate is not None else tuple(s for s in CHEAP_STAGES if s in stages)
     run = _Run(
-        table=table, rows=_read_rows(table), stages=stages, potential=potential,
-        reference=reference, training=training_structures, relax_gate=gate,
-        relax_steps=relax_steps, fmax=fmax, stable_threshold=stable_threshold,
-        max_atoms_per_batch=max_atoms_per_batch,
+        table=table, rows=_read_rows(table), stages=stages, config=config, potential=potential,
+        hull=hull, references=references, training=training_structures, relax_gate=gate,
     )  # fmt: skip
     seconds = {}
     for stage in stages:
@@ -139,13 +139,14 @@ def _novel_stage(run: _Run) -> dict:
 
 def _relax_stage(run: _Run) -> dict:
     selected = _passing(run.columns, run.relax_gate, len(run.rows))
+    c = run.config
     return relax_columns(
-        run.rows, selected, run.potential, run.relax_steps, run.fmax, run.max_atoms_per_batch
+        run.rows, selected, run.potential, c.relax_steps, c.fmax, c.max_atoms_per_batch
     )
 
 
 def _hull_stage(run: _Run) -> dict:
-    return hull_columns(run.rows, run.columns, run.reference, run.stable_threshold)
+    return hull_columns(run, run.config.stable_threshold)
 
 
 _STAGE_FUNCTIONS = {
@@ -240,27 +241,43 @@ def relax_columns(
     }
 
 
-def hull_columns(rows, columns, reference: HullReference, threshold: float) -> dict[str, pa.Array]:
-    """Formation energy and e_above_hull of every row with a relaxed energy."""
-    energies = columns["energy_per_atom"].to_pylist()
-    n = len(rows)
-    formation, e_hull, status = [None] * n, [None] * n, [None] * n
+def hull_columns(run: _Run, threshold: float) -> dict[str, pa.Array]:
+    """Formation energy (MP scale) and e_above_hull of every row with a relaxed energy."""
+    energies = run.columns["energy_per_atom"].to_pylist()
+    lattices = run.columns["relaxed_lattice"].to_pylist()
+    fracs = run.columns["relaxed_frac_coords"].to_pylist()
+    n = len(run.rows)
+    formation, e_hull, status, phases = [None] * n, [None] * n, [None] * n, [None] * n
     for i, e in enumerate(energies):
         if e is None:
             continue
-        composition = composition_of(rows[i][2])
-        if not reference.covers(composition):
+        z = run.rows[i][2]
+        composition = composition_of(z)
+        if not run.references.covers(composition):
             status[i] = "no_reference"
             continue
-        formation[i] = reference.formation_energy_per_atom(composition, e)
-        e_hull[i] = reference.e_above_hull(composition, formation[i])
-        status[i] = "ok"
+        structure = arrays_to_structure(
+            np.reshape(lattices[i], (3, 3)), np.reshape(fracs[i], (-1, 3)), z
+        )
+        energy = corrected_energy(structure, e * len(z))
+        if not np.isfinite(energy):
+            status[i] = "incompatible"
+            continue
+        formation[i] = run.references.formation_energy_per_atom(composition, energy)
+        point = run.hull.e_above_hull(composition, energy)
+        phases[i] = point.phases
+        if np.isfinite(point.e_above_hull):
+            e_hull[i], status[i] = point.e_above_hull, "ok"
+        else:
+            status[i] = "no_reference"
     e_array = np.array([np.nan if v is None else v for v in e_hull])
-    stable = stable_flags(e_array, threshold) & bools(columns["pass_relax"])
+    stable = stable_flags(e_array, threshold) & bools(run.columns["pass_relax"])
     return {
         "formation_energy_per_atom": pa.array(formation, pa.float64()),
         "e_above_hull": pa.array(e_hull, pa.float64()),
         "hull_status": pa.array(status, pa.string()),
+        "hull_reference": pa.array([run.hull.name] * n, pa.string()),
+        "hull_reference_phases": pa.array(phases, pa.int32()),
         "stable": pa.array(stable),
     }
 

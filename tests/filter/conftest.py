@@ -1,7 +1,7 @@
-"""Fixtures of the funnel tests: the real shared M3GNet potential and a small hull reference.
+"""Fixtures of the funnel tests: the real shared M3GNet potential and a small local hull.
 
-Everything runs single-threaded (the machine is shared with training jobs) and the reference
-is built from the first rows of the MP-20 pilot train split into a per-session directory.
+Everything runs single-threaded (the machine is shared with training jobs) and the hull is
+built from the first rows of the MP-20 pilot train split, cached in a per-session directory.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from crysray.data.csv import dataset_path
+from crysray.filter.energy import load_elemental_references
+from crysray.filter.local_hull import LocalHull
 from crysray.filter.potential import default_model_path, load_potential
-from crysray.filter.reference import build_reference
 
 SHARED_MATGL = default_model_path().parent
 REFERENCE_ROWS = 40
@@ -47,5 +48,10 @@ def reference_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference(potential, reference_csv, reference_cache):
-    return build_reference(potential, reference_csv, cache_dir=reference_cache)
+def hull(reference_csv, reference_cache):
+    return LocalHull.build([reference_csv], cache_dir=reference_cache)
+
+
+@pytest.fixture(scope="session")
+def references():
+    return load_elemental_references()
