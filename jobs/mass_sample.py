@@ -68,8 +68,12 @@ def validate(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def plan(args):
-    """Everything checked before Ray starts: bad input fails fast with one line."""
+def plan(args, funnel_config=None):
+    """Everything checked before Ray starts: bad input fails fast with one line.
+
+    With the funnel, its hull is prepared for the compositions' chemical systems before the
+    run directory is created, so a missing key or cache leaves nothing behind.
+    """
     from crysray.data.csv import dataset_path
     from crysray.sample.campaign import CampaignSpec, compositions_digest, open_run
     from crysray.sample.compositions import read_compositions
@@ -86,7 +90,17 @@ def plan(args):
         num_samples=args.num_samples or len(compositions), steps=args.steps, seed=args.seed,
         unit_size=args.unit_size, batch_size=args.batch_size, precision=args.precision,
     )
-    return spec, compositions, open_run(args.out, spec)
+    if funnel_config is None:
+        return spec, compositions, open_run(args.out, spec)
+    from crysray.filter.campaign import open_funnel, pending_funnel_units
+    from crysray.filter.composition import composition_of
+    from crysray.filter.hulls import prepare_hull
+
+    formulas = {composition_of(c.atomic_numbers).reduced_formula for c in compositions}
+    hull = prepare_hull(funnel_config, formulas, args.mp_api_key)
+    todo = open_run(args.out, spec)
+    open_funnel(args.out, funnel_config, hull)
+    return spec, compositions, sorted(set(todo) | set(pending_funnel_units(args.out)))
 
 
 def resources(args, cluster: dict) -> dict:
@@ -115,14 +129,7 @@ def run(args) -> dict:
 
     # validated before anything is written
     config = funnel_config_from_args(args, dataset_path("perov_5", "train")) if args.funnel else None
-    spec, compositions, todo = plan(args)
-    if args.funnel:
-        from crysray.filter.campaign import open_funnel, pending_funnel_units
-        from crysray.filter.hulls import prepare_hull
-
-        hull = prepare_hull(config, {c.formula for c in compositions}, args.mp_api_key)
-        open_funnel(args.out, config, hull)
-        todo = sorted(set(todo) | set(pending_funnel_units(args.out)))
+    spec, compositions, todo = plan(args, config)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
     # no runtime_env here, so Ray can use its prestarted worker processes

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
-import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -21,23 +21,17 @@ def run(script: str, *args, timeout=900) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=REPO)
 
 
-@pytest.fixture(scope="module")
-def small_reference(tmp_path_factory):
-    """The first 150 MP-20 pilot rows: enough for a hull, quick to compute energies for."""
-    src = REPO.parent / "shared" / "data" / "mp_20_pilot" / "train.csv.gz"
-    path = tmp_path_factory.mktemp("ref") / "reference.csv"
-    pd.read_csv(src).head(150).to_csv(path, index=False)
-    return path
-
-
 @pytest.mark.slow
-def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path, small_reference):
+def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
     out = tmp_path / "run"
     sampled = run("mass_sample.py", "--checkpoint", SHIPPED, "--num-samples", 24, "--unit-size", 12, "--out", out)
     assert sampled.returncode == 0, sampled.stderr[-3000:]
-    args = ["--run", out, "--relax-steps", 40, "--reference-datasets", small_reference]
+    args = ["--run", out, "--relax-steps", 40, "--hull", "local"]
     first = run("filter_stability.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
+    manifest = json.loads((out / "funnel" / "manifest.json").read_text())
+    assert manifest["config"]["hull"] == "local" and manifest["config"]["relax_steps"] == 40
+    assert manifest["hull"]["name"] == "local" and manifest["hull"]["materials"] > 10000
 
     raw = ds.dataset(out / "data").to_table()
     funnel = ds.dataset(sorted((out / "funnel").glob("unit-*.parquet"))).to_table()
@@ -56,9 +50,19 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path, small_re
     unique = pq.read_table(out / "funnel" / "unique.parquet")
     assert unique.num_rows == 24 and summary["passed"]["unique"] == sum(unique["unique"].to_pylist())
 
+    relaxed_rows = [r for r in funnel.to_pylist() if r["energy_per_atom"] is not None]
+    assert relaxed_rows and all(r["hull_reference"] == "local" for r in relaxed_rows)
+    assert all(r["hull_reference_phases"] is not None for r in relaxed_rows if r["hull_status"] == "ok")
+
     before = {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")}
     again = run("filter_stability.py", *args)
     assert again.returncode == 0 and json.loads(again.stdout)["units_filtered_now"] == 0
+    assert {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")} == before
+    other = run("filter_stability.py", "--run", out, "--relax-steps", 40, "--hull", "mp", "--offline",
+                "--cache-dir", tmp_path / "empty-cache")
+    assert other.returncode == 2 and "Materials Project hull cache" in other.stderr
+    changed = run("filter_stability.py", "--run", out, "--relax-steps", 60, "--hull", "local")
+    assert changed.returncode == 2 and "relax_steps" in changed.stderr  # settings differ: refused
     assert {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")} == before
 
     report = run("report.py", "--run", out)
@@ -73,3 +77,17 @@ def test_funnel_job_rejects_a_directory_that_is_not_a_run(tmp_path):
     result = run("filter_stability.py", "--run", tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("filter_stability: error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_mp_hull_without_a_key_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    sampled = run("mass_sample.py", "--checkpoint", REPO / "tests" / "none.pt", "--out", out)
+    assert sampled.returncode == 2  # (a missing checkpoint is refused before anything is written)
+    env_free = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "mass_sample.py"), "--out", str(out), "--funnel", "--hull", "mp",
+         "--num-samples", "2"], capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "MP_API_KEY"},
+    )
+    assert env_free.returncode == 2 and "MP_API_KEY" in env_free.stderr
+    assert len(env_free.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # refused before the run directory was created

@@ -10,6 +10,7 @@ from pymatgen.core import Lattice, Structure
 
 from crysray.data.csv import load_split
 from crysray.filter.actor import StabilityFunnel
+from crysray.filter.config import FunnelConfig
 from crysray.filter.funnel import run_funnel
 from crysray.filter.uniqueness import TrainingSet
 
@@ -66,22 +67,25 @@ def table(training) -> pa.Table:
 
 EXPECTED_COUNTS = {
     "total": 9,
-    "passed": {"structure": 6, "composition": 7, "unique": 5, "novel": 5, "relax": 3, "hull": 2},
-    "funnel": {"structure": 6, "composition": 5, "unique": 4, "novel": 3, "relax": 3, "hull": 2},
+    "passed": {"structure": 6, "composition": 7, "unique": 5, "novel": 5, "relax": 3, "hull": 3},
+    "funnel": {"structure": 6, "composition": 5, "unique": 4, "novel": 3, "relax": 3, "hull": 3},
     "relax_status": {"converged": 3},
-    "hull_status": {"ok": 2, "no_reference": 1},
-    "sun": 2,
-    "sun_fraction": 2 / 9,
+    "hull_status": {"ok": 3},
+    "sun": 3,
+    "sun_fraction": 3 / 9,
 }
 
 
-def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, reference, training):
+def test_funnel_keeps_every_row_and_counts_each_stage(
+    table, potential, hull, references, training
+):
     out, counts = run_funnel(
         table,
+        FunnelConfig(hull="local", relax_steps=300),
         potential=potential,
-        reference=reference,
+        hull=hull,
+        references=references,
         training_structures=TrainingSet.from_table(training),
-        relax_steps=300,
     )
     assert out.num_rows == table.num_rows
     assert out["sample_id"].to_pylist() == table["sample_id"].to_pylist()
@@ -92,7 +96,10 @@ def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, referenc
     assert by_id["mgo-again"]["duplicate_of"] == "mgo" and not by_id["mgo-again"]["unique"]
     assert by_id["known"]["novel"] is False and by_id["known"]["relax_status"] is None
     assert by_id["nacl2"]["pass_structure"] and not by_id["nacl2"]["pass_composition"]
-    assert by_id["nacl"]["hull_status"] == "no_reference" and by_id["nacl"]["e_above_hull"] is None
+    # Na-Cl has no compound in this small hull: a call from the elements alone, and it says so
+    nacl = by_id["nacl"]
+    assert nacl["hull_status"] == "ok" and nacl["hull_reference_phases"] == 0
+    assert nacl["e_above_hull"] < 0 and nacl["hull_reference"] == "local"
     for sample_id in ("nan-lattice", "overlap", "malformed"):
         assert by_id[sample_id]["pass_structure"] is False
         assert (
@@ -101,24 +108,24 @@ def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, referenc
     mgo = by_id["mgo"]
     assert mgo["relax_status"] == "converged" and mgo["stable"] and mgo["sun"]
     assert len(mgo["relaxed_lattice"]) == 9 and len(mgo["relaxed_frac_coords"]) == 3 * 8
-    assert mgo["formation_energy_per_atom"] < -2.0  # MgO: DFT about -3.0 eV/atom
+    assert mgo["formation_energy_per_atom"] == pytest.approx(-3.05, abs=0.1)  # MP: -3.05 eV/atom
 
 
 def test_cheap_stages_alone_need_no_model(table):
     out, counts = run_funnel(table, stages=("structure", "composition", "unique"))
     assert out.num_rows == 9 and "energy_per_atom" not in out.column_names
     assert counts["funnel"] == {"structure": 6, "composition": 5, "unique": 4}
-    with pytest.raises(ValueError, match="reference"):
+    with pytest.raises(ValueError, match="hull"):
         run_funnel(table, stages=("structure", "relax", "hull"))
 
 
-def test_actor_maps_a_batch(table, reference_csv, reference_cache):
-    actor = StabilityFunnel(
-        training_dataset=reference_csv,
-        reference_datasets=reference_csv,
-        cache_dir=reference_cache,
-        relax_steps=300,
+def test_actor_maps_a_batch(table, reference_csv, reference_cache, monkeypatch):
+    monkeypatch.setattr(
+        "crysray.filter.local_hull.default_local_sources", lambda: [reference_csv]
     )
+    config = FunnelConfig(hull="local", training_dataset=str(reference_csv),
+                          cache_dir=str(reference_cache), relax_steps=300)  # fmt: skip
+    actor = StabilityFunnel(config.as_dict())
     out = actor(table)
     assert out.num_rows == 9 and out.column_names[: len(table.column_names)] == table.column_names
     counts = dict(actor.last_counts)
