@@ -94,7 +94,7 @@ def parse_cif(cif: str) -> Structure:
             s = Structure.from_str(cif, fmt="cif")
         except Exception as e:  # noqa: BLE001 - pymatgen raises many types on bad input
             raise ValueError(_parse_failure(e, [str(w.message) for w in caught])) from None
-    _check_structure(s)
+    check_structure(s)
     return s
 
 
@@ -106,7 +106,7 @@ def _parse_failure(error: Exception, messages: list[str]) -> str:
     return f"{reason}: {detail[:120]}"
 
 
-def _check_structure(s: Structure) -> None:
+def check_structure(s: Structure) -> None:
     if not s.is_ordered:
         raise ValueError("disordered sites: partial occupancies are not supported")
     # The CIF parser turns unknown symbols (e.g. "Xx") into dummy species instead of failing.

@@ -22,7 +22,9 @@ import pandas as pd
 
 from crysray.data.dataset import CrystalTable
 from crysray.paths import default_cache_dir, default_data_dir
-from crysray.structures import canonical_structure, parse_cif, structure_to_arrays
+from pymatgen.core import Structure
+
+from crysray.structures import check_structure, canonical_structure, parse_cif, structure_to_arrays
 
 logger = logging.getLogger("crysray.data")
 
@@ -63,6 +65,8 @@ def load_split(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: dataset file not found")
+    if path.suffix == ".parquet":  # already canonical (e.g. written by `crysray data mp`)
+        return CrystalTable.from_parquet(path)
     data = path.read_bytes()
     cache = _cache_file(path, data, Path(cache_dir) if cache_dir else default_cache_dir())
     if cache.is_file():
@@ -81,24 +85,36 @@ def process_csv(
     """Parse and canonicalise every row (no cache). Returns (table, skip reasons -> counts)."""
     path = Path(path)
     frame = _read_frame(path, data if data is not None else path.read_bytes())
-    results = _map_rows(frame["cif"].tolist(), workers)
+    table, skipped, _ = canonical_table(frame["material_id"].tolist(), frame["cif"].tolist(),
+                                        str(path), workers)  # fmt: skip
+    return table, skipped
+
+
+def canonical_table(
+    material_ids: list[str], items: list, source: str, workers: int = 2
+) -> tuple[CrystalTable, Counter, list[int]]:
+    """Canonical crystals of CIF strings or pymatgen Structure dicts, skipping bad ones.
+
+    Returns (table, skip reasons -> counts, indices of the items kept).
+    """
+    results = _map_rows(items, workers)
     good = [i for i, r in enumerate(results) if not isinstance(r, str)]
     skipped = Counter(r for r in results if isinstance(r, str))
     n_skipped = sum(skipped.values())
     if n_skipped:
         reasons = ", ".join(f"{reason}: {k}" for reason, k in skipped.most_common())
-        logger.warning("%s: skipped %d of %d rows (%s)", path, n_skipped, len(frame), reasons)
+        logger.warning("%s: skipped %d of %d rows (%s)", source, n_skipped, len(items), reasons)
     else:
-        logger.info("%s: loaded all %d rows", path, len(frame))
+        logger.info("%s: loaded all %d rows", source, len(items))
     if not good:
-        raise ValueError(f"{path}: no usable crystals ({len(frame)} rows, {n_skipped} skipped)")
+        raise ValueError(f"{source}: no usable crystals ({len(items)} rows, {n_skipped} skipped)")
     table = CrystalTable.from_arrays(
-        material_id=frame["material_id"].iloc[good].tolist(),
+        material_id=[material_ids[i] for i in good],
         lattices=[results[i][0] for i in good],
         fracs=[results[i][1] for i in good],
         types=[results[i][2] for i in good],
     )
-    return table, skipped
+    return table, skipped, good
 
 
 def _read_frame(path: Path, data: bytes) -> pd.DataFrame:
@@ -132,14 +148,25 @@ def _process_chunk(cifs: list) -> list[Row | str]:
     return [_process_row(cif) for cif in cifs]
 
 
-def _process_row(cif) -> Row | str:
-    """Canonical arrays of one CIF, or the short reason it was skipped."""
-    if not isinstance(cif, str) or not cif.strip():
+def _process_row(item) -> Row | str:
+    """Canonical arrays of one CIF string or Structure dict, or the short reason it was skipped."""
+    if isinstance(item, dict):
+        try:
+            structure = Structure.from_dict(item)
+            check_structure(structure)
+        except Exception:  # noqa: BLE001 - any malformed record is a counted skip
+            return "malformed structure record"
+        return _canonical_arrays(structure)
+    if not isinstance(item, str) or not item.strip():
         return "missing cif"
     try:
-        structure = parse_cif(cif)
+        structure = parse_cif(item)
     except ValueError as e:
         return str(e).split(":", 1)[0]
+    return _canonical_arrays(structure)
+
+
+def _canonical_arrays(structure) -> Row | str:
     try:
         return structure_to_arrays(canonical_structure(structure))
     except Exception as e:  # noqa: BLE001 - Niggli reduction can fail on odd cells

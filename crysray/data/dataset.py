@@ -177,8 +177,9 @@ class CrystalTable:
             for b in idx.reshape(-1)
         ]
 
-    def to_parquet(self, path: str | Path) -> None:
-        """Write one row per crystal with PARQUET_SCHEMA."""
+    def to_parquet(self, path: str | Path, extra: dict[str, pa.Array] | None = None) -> None:
+        """Write one row per crystal with PARQUET_SCHEMA (plus ``extra`` per-crystal columns,
+        e.g. DFT energies, which ``from_parquet`` ignores)."""
         b = len(self)
         columns = [
             pa.array(self.material_id.tolist(), type=pa.string()),
@@ -187,12 +188,15 @@ class CrystalTable:
             _list_column(3 * self.offsets, self.frac_coords.reshape(-1), pa.float64()),
             _list_column(9 * np.arange(b + 1), self.lattice.reshape(-1), pa.float64()),
         ]
-        pq.write_table(pa.Table.from_arrays(columns, schema=PARQUET_SCHEMA), str(path))
+        table = pa.Table.from_arrays(columns, schema=PARQUET_SCHEMA)
+        for name, values in (extra or {}).items():
+            table = table.append_column(name, values)
+        pq.write_table(table, str(path))
 
     @classmethod
     def from_parquet(cls, path: str | Path) -> CrystalTable:
         """Read a file written by ``to_parquet``."""
-        table = pq.read_table(str(path), schema=PARQUET_SCHEMA)
+        table = pq.read_table(str(path), columns=PARQUET_SCHEMA.names).cast(PARQUET_SCHEMA)
         num_atoms = table["num_atoms"].to_numpy().astype(np.int64)
         return cls(
             material_id=table["material_id"].to_numpy().astype(object),
