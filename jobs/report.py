@@ -123,6 +123,9 @@ def markdown(report: dict) -> str:
         lines += [f"| {stage} | {count} |" for stage, count in f["funnel"].items()]
         if "sun" in f:
             lines += ["", f"S.U.N. (stable, unique, novel): {f['sun']} ({f['sun_fraction']:.2%})"]
+        if "hull" in f:
+            lines += [f"Hull: {f['hull']}; stable calls resting on fewer than 5 reference "
+                      f"compounds (treat as guesses): {f['stable_on_thin_hull']}"]
     top = ", ".join(f"{k} ({v})" for k, v in list(report["space_groups"].items())[:8])
     lines += ["", f"Most common space groups (of {report['spacegroup_sample']}): {top}", ""]
     lines += [f"![{p}]({p})" for p in report["plots"]]

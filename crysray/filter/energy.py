@@ -8,7 +8,9 @@ Materials Project's corrections. So its energy is treated exactly as an MP calcu
 1. entered as a pymatgen ``ComputedStructureEntry`` with the run type, U values and POTCAR
    symbols the Materials Project would have used (``pymatgen.io.vasp.sets.MPRelaxSet``):
    GGA+U with MP's U values when the crystal holds O or F and one of Co, Cr, Fe, Mn, Mo, Ni,
-   V, W, plain GGA otherwise;
+   V, W, plain GGA otherwise; with bond-valence oxidation states in ``entry.data`` when
+   pymatgen's ``BVAnalyzer`` finds them, as the Materials Project's entries carry (they decide
+   which anion corrections apply; without them the scheme guesses from the composition);
 2. corrected with ``MaterialsProject2020Compatibility`` (anion and U corrections, the oxide
    type read from the structure);
 3. referenced to the Materials Project's elemental entries (the lowest-energy entry per
@@ -82,12 +84,27 @@ def corrected_energy(structure: Structure, energy: float) -> float:
     if not math.isfinite(energy):
         return float("nan")
     entry = ComputedStructureEntry(
-        structure, energy, parameters=mp_run_parameters(structure.composition)
-    )
+        structure, energy, parameters=mp_run_parameters(structure.composition),
+        data=bond_valence_oxidation_states(structure),
+    )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "failed guess oxidation states" and similar chatter
         processed = _compatibility().process_entry(entry, inplace=False)
     return float("nan") if processed is None else float(processed.energy)
+
+
+def bond_valence_oxidation_states(structure: Structure) -> dict:
+    """``{"oxidation_states": {symbol: mean valence}}``, or {} when BVAnalyzer finds none."""
+    from pymatgen.analysis.bond_valence import BVAnalyzer
+
+    try:
+        valences = BVAnalyzer().get_valences(structure)
+    except ValueError:  # no charge-balanced assignment (metals, odd generated crystals)
+        return {}
+    by_element: dict[str, list[float]] = {}
+    for site, valence in zip(structure, valences):
+        by_element.setdefault(site.specie.symbol, []).append(valence)
+    return {"oxidation_states": {el: sum(v) / len(v) for el, v in by_element.items()}}
 
 
 class ElementalReferences:

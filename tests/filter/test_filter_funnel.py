@@ -71,6 +71,8 @@ EXPECTED_COUNTS = {
     "funnel": {"structure": 6, "composition": 5, "unique": 4, "novel": 3, "relax": 3, "hull": 3},
     "relax_status": {"converged": 3},
     "hull_status": {"ok": 3},
+    "hull": "local",
+    "stable_on_thin_hull": 3,  # 40 reference rows: every stable call here rests on a thin hull
     "sun": 3,
     "sun_fraction": 3 / 9,
 }
