@@ -89,7 +89,7 @@ def rester(key: str) -> Iterator:
             )
         with client:
             yield client
-    except (MPRestError, requests.RequestException) as e:
+    except (MPRestError, requests.RequestException, ValueError) as e:  # ValueError: bad JSON
         raise MPError(_describe(e, key)) from None
 
 

@@ -97,7 +97,7 @@ def summary_docs(frame: pd.DataFrame, theoretical_every: int = 3) -> list[dict]:
     docs = []
     for i, row in enumerate(frame.itertuples(index=False)):
         structure = Structure.from_str(row.cif, fmt="cif")
-        docs.append({
+        docs.append(_plain_json({
             "material_id": str(row.material_id),
             "structure": structure.as_dict(),
             "nsites": len(structure),
@@ -106,7 +106,7 @@ def summary_docs(frame: pd.DataFrame, theoretical_every: int = 3) -> list[dict]:
             "formation_energy_per_atom": float(row.formation_energy_per_atom),
             "energy_above_hull": float(getattr(row, "e_above_hull", 0.0)),
             "theoretical": i % theoretical_every == 0,
-        })  # fmt: skip
+        }))  # fmt: skip
     return docs
 
 
