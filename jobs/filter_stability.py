@@ -28,12 +28,12 @@ def add_funnel_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--funnel-cpus", type=float, default=None, help="CPUs per funnel actor")
     g.add_argument("--funnel-gpus", type=float, default=None, help="GPUs per funnel actor (default: 1 if any)")
     g.add_argument("--potential", default=None, help="MatGL model name or folder (default: CRYSRAY_MATGL_MODEL "
-                                                     "or ../shared/matgl/M3GNet-MP-2021.2.8-PES)")
+                                                     "or M3GNet-MP-2021.2.8-PES; see crysray/resources.py)")
     g.add_argument("--training-dataset", type=Path, default=None,
                    help="CSV split of known crystals for novelty (default: Perov-5 train)")
     g.add_argument("--reference-datasets", type=Path, nargs="+", default=None,
-                   help="CSV splits with formation energies for the hull (default: the MP-20 files in "
-                        "../shared/data; see crysray/filter/reference.py)")
+                   help="CSV splits with formation energies for the hull (default: the MP-20 pilot "
+                        "files; see crysray/filter/reference.py)")
     g.add_argument("--relax-steps", type=int, default=300)
     g.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/A")
     g.add_argument("--stable-threshold", type=float, default=0.1, help="eV/atom above hull")

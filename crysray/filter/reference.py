@@ -49,7 +49,7 @@ DEFAULT_DATASETS = (("mp_20_pilot", "train"), ("mp_20_pilot", "val"), ("mp_20_bi
 
 
 def default_reference_paths() -> list[Path]:
-    """The files of ``DEFAULT_DATASETS`` under ``crysray.paths.default_data_dir()``."""
+    """The files of ``DEFAULT_DATASETS``, found by ``crysray.resources.dataset_file``."""
     return [dataset_path(name, split) for name, split in DEFAULT_DATASETS]
 
 
