@@ -10,8 +10,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-
 from support import REPO
+
+from crysray.resources import dataset_file
 
 SHIPPED = REPO / "checkpoints" / "crysbfn_perov5.pt"
 
@@ -24,7 +25,7 @@ def run(script: str, *args, timeout=900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def small_reference(tmp_path_factory):
     """The first 150 MP-20 pilot rows: enough for a hull, quick to compute energies for."""
-    src = REPO.parent / "shared" / "data" / "mp_20_pilot" / "train.csv.gz"
+    src = dataset_file("mp_20_pilot", "train")
     path = tmp_path_factory.mktemp("ref") / "reference.csv"
     pd.read_csv(src).head(150).to_csv(path, index=False)
     return path

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import REPO
 
 import crysray.resources as res
 from crysray.data.csv import load_split
 from crysray.resources import ResourceError, dataset_file, matgl_model_dir
-from support import REPO
 
 SHARED = res.shared_dirs()[0] if res.shared_dirs() else None
 needs_shared = pytest.mark.skipif(SHARED is None, reason="needs ../shared next to the checkout")
@@ -44,7 +44,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self.server.requests.append(self.path)
         body = self.server.files.get(self.path)
         if body is None:
@@ -82,7 +82,7 @@ def fresh_machine(tmp_path, monkeypatch):
                 "CRYSRAY_DATA_URL", "CRYSRAY_MATGL_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CRYSRAY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(res, "shared_dirs", lambda: [])
+    monkeypatch.setattr(res, "shared_dirs", list)
     monkeypatch.setattr(res, "RETRY_DELAYS", (0.0, 0.0))
     return tmp_path / "cache"
 
@@ -142,7 +142,7 @@ def test_checksum_mismatch_is_rejected_and_leaves_nothing(server, fresh_machine,
 def test_interrupted_download_never_leaves_a_partial_file(server, fresh_machine, monkeypatch):
     path = _serve_data(server, monkeypatch, "carbon_24", "val")
     server.cut_short[path] = 3  # every attempt is cut
-    with pytest.raises(ResourceError, match="could not download.*closed after") as err:
+    with pytest.raises(ResourceError, match=r"could not download.*closed after") as err:
         dataset_file("carbon_24", "val")
     assert len(server.requests) == 1 + len(res.RETRY_DELAYS)
     assert "\n" not in str(err.value)
@@ -179,7 +179,7 @@ def test_unreachable_server_counts_as_offline(fresh_machine, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("CRYSRAY_DATA_URL", f"http://127.0.0.1:{port}")
-    with pytest.raises(ResourceError, match="could not download perov_5/test.csv") as err:
+    with pytest.raises(ResourceError, match=r"could not download perov_5/test.csv") as err:
         dataset_file("perov_5", "test")
     assert "\n" not in str(err.value) and "CRYSRAY_DATA_DIR" in str(err.value)
     assert isinstance(err.value, FileNotFoundError)  # what every CLI turns into exit code 2
@@ -206,7 +206,7 @@ def test_lookup_order_env_then_shared_then_cache(tmp_path, fresh_machine, monkey
     assert dataset_file("perov_5", "test").read_text() == "shared"
     monkeypatch.delenv("CRYSRAY_DATA_DIR")
     assert dataset_file("perov_5", "test").read_text() == "shared"
-    monkeypatch.setattr(res, "shared_dirs", lambda: [])
+    monkeypatch.setattr(res, "shared_dirs", list)
     assert dataset_file("perov_5", "test").read_text() == "cache"
     (places["cache"] / "perov_5" / "test.csv").unlink()
     (places["cache"] / "perov_5" / "test.csv.gz").write_bytes(gzip.compress(b"gz"))
@@ -272,7 +272,7 @@ def test_corrupt_matgl_file_is_rejected(server, fresh_machine, monkeypatch):
     state[-100] ^= 1
     server.files[f"/m/{M3GNET}/state.pt"] = bytes(state)
     monkeypatch.setenv("CRYSRAY_MATGL_URL", f"{server.url}/m")
-    with pytest.raises(ResourceError, match="state.pt.*checksum"):
+    with pytest.raises(ResourceError, match=r"state.pt.*checksum"):
         matgl_model_dir(M3GNET)
     assert not (fresh_machine / "matgl" / M3GNET / "state.pt").exists()
     assert not list((fresh_machine / "matgl" / M3GNET).glob(".*"))  # no temporary files
@@ -329,7 +329,8 @@ def test_a_copy_of_the_repository_finds_shared_through_the_installed_checkout(tm
                     ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import crysray.resources as r; print(r.__file__); "
             "print(r.dataset_file('perov_5', 'test'))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=copy, capture_output=True,
+                         text=True,
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
                               "PYTHONPATH": str(copy), "CRYSRAY_OFFLINE": "1"}, timeout=120)
     assert out.returncode == 0, out.stderr
