@@ -37,6 +37,21 @@ def _private_cache(tmp_path_factory):
         os.environ["CRYSRAY_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _offline():
+    """No test reaches the internet: a missing file fails instead of being downloaded.
+
+    The download tests lift this for their own local HTTP server only.
+    """
+    old = os.environ.get("CRYSRAY_OFFLINE")
+    os.environ["CRYSRAY_OFFLINE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("CRYSRAY_OFFLINE", None)
+    else:
+        os.environ["CRYSRAY_OFFLINE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")

@@ -13,7 +13,7 @@ import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
 import crysray.data.csv as csv_mod
-from crysray.data.csv import dataset_path, default_data_dir, load_split, process_csv
+from crysray.data.csv import dataset_path, load_split, process_csv
 from crysray.data.dataset import CrystalTable
 from crysray.structures import canonical_structure, parse_cif
 
@@ -224,10 +224,10 @@ def test_dataset_path(tmp_path, monkeypatch):
     assert dataset_path("perov_5", "val").name == "val.csv"
     with pytest.raises(FileNotFoundError, match="carbon_24"):
         dataset_path("carbon_24", "train")
-    repo_root = Path(csv_mod.__file__).resolve().parents[2]
-    monkeypatch.delenv("CRYSRAY_DATA_DIR", raising=False)
-    assert default_data_dir() == repo_root.parent / "shared" / "data"
     (tmp_path / "toy").mkdir()
     (tmp_path / "toy" / "test.csv").write_text("material_id,cif\n")
     monkeypatch.setenv("CRYSRAY_DATA_DIR", str(tmp_path))
     assert dataset_path("toy", "test") == tmp_path / "toy" / "test.csv"
+    assert dataset_path("toy", "test", data_dir=tmp_path) == tmp_path / "toy" / "test.csv"
+    with pytest.raises(FileNotFoundError, match="toy"):
+        dataset_path("toy", "train", data_dir=tmp_path)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import torch
 
 from support import REPO, TINY
+from crysray.resources import dataset_file
 from crysray.sample.sampler import Composition, CrystalSampler
 from crysray.train.checkpoint import read_checkpoint
 
@@ -36,24 +44,106 @@ def test_ray_train_two_workers_checkpoint_loads_and_samples(tmp_path):
     assert list((tmp_path / "ray" / "t").glob("checkpoint_*/checkpoint.pt"))
 
 
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:  # all bound at once, so the n ports are distinct
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 @pytest.fixture
-def ray_head(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391", "--dashboard-host=127.0.0.1",
-             "--dashboard-port=8291", "--num-cpus=2", "--disable-usage-stats"]
-    subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
-    yield env
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+def ray_head():
+    """A Ray head of our own on loopback (own temp dir and ports), with token auth.
+
+    ``ray start --block`` keeps the head's processes as its children in a new session; stopping
+    it (SIGTERM to that one process, then its process group if anything lingers) ends exactly
+    what this fixture started, never another Ray on the machine. The environment is what a user
+    would have: no PYTHONPATH and no data folders, so jobs run from the working-dir copy.
+    """
+    # under /tmp, not pytest's deep tmp_path: Ray's unix socket paths must stay short
+    temp_dir = Path(tempfile.mkdtemp(prefix="crysray-ray-"))
+    ports = _free_ports(9)
+    gcs, dashboard, client, agent, agent_grpc, metrics, runtime_env, node_mgr, objects = ports
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "RAY_ADDRESS", "CRYSRAY_DATA_DIR", "CRYSRAY_MATGL_DIR",
+                        "CRYSRAY_MATGL_MODEL", "CRYSRAY_DATA_URL", "CRYSRAY_MATGL_URL")}
+    env["RAY_AUTH_MODE"] = "token"
+    start = ["ray", "start", "--head", "--block", f"--temp-dir={temp_dir}",
+             "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dashboard}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+             f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_mgr}",
+             f"--object-manager-port={objects}", "--min-worker-port=0", "--max-worker-port=0",
+             "--num-cpus=2", "--disable-usage-stats"]
+    log = temp_dir / "ray-start.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(start, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "block forever" not in log.read_text():
+            assert head.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no Ray head:\n" + log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield {"env": env, "address": f"http://127.0.0.1:{dashboard}"}
+    finally:
+        _stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    head.send_signal(signal.SIGTERM)  # ray start --block then shuts down every process it started
+    try:
+        head.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(head.pid, 0)  # anything left in the head's own process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=30)
 
 
 @pytest.mark.slow
 def test_ray_job_submit_mass_sample(ray_head, tiny_checkpoint, formulas_file, tmp_path):
     out = tmp_path / "out"
-    cmd = ["ray", "job", "submit", "--address", "http://127.0.0.1:8291", "--working-dir", ".", "--",
+    cmd = ["ray", "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--",
            "python", "jobs/mass_sample.py", "--checkpoint", str(tiny_checkpoint), "--compositions",
-           str(formulas_file), "--num-samples", "30", "--unit-size", "10", "--replicas", "2", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=ray_head)
+           str(formulas_file), "--num-samples", "30", "--unit-size", "10", "--replicas", "2",
+           "--out", str(out)]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env=ray_head["env"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     table = ds.dataset(out / "data", format="parquet").to_table()
     assert table.num_rows == 30 and len(set(table.column("sample_id").to_pylist())) == 30
+
+
+@pytest.mark.slow
+def test_readme_cluster_command_finds_data_from_the_working_dir_copy(ray_head, tmp_path):
+    """The README's `ray job submit --working-dir . -- python jobs/mass_sample.py ...` from the
+    repository root, defaults only: shipped checkpoint, Perov-5 test compositions found without
+    any data path set (the job runs a copy of the repository that has no ../shared)."""
+    out = tmp_path / "out"
+    cmd = ["ray", "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--",
+           "python", "jobs/mass_sample.py", "--num-samples", "6", "--unit-size", "3",
+           "--out", str(out)]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env=ray_head["env"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout + result.stderr
+    table = ds.dataset(out / "data", format="parquet").to_table()
+    assert table.num_rows == 6 and len(set(table.column("sample_id").to_pylist())) == 6
+    # the first Perov-5 test compositions, in order
+    first = pd.read_csv(dataset_file("perov_5", "test"), usecols=["material_id"], nrows=6)
+    assert sorted(table.column("source_id").to_pylist()) == sorted(first["material_id"].astype(str))

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from crysray.data.dataset import CrystalTable
-from crysray.paths import default_cache_dir, default_data_dir
 from pymatgen.core import Structure
 
-from crysray.structures import check_structure, canonical_structure, parse_cif, structure_to_arrays
+from crysray.data.dataset import CrystalTable
+from crysray.paths import default_cache_dir
+from crysray.resources import dataset_file
+from crysray.structures import canonical_structure, check_structure, parse_cif, structure_to_arrays
 
 logger = logging.getLogger("crysray.data")
 
@@ -36,16 +36,18 @@ Row = tuple[np.ndarray, np.ndarray, np.ndarray]  # lattice (3, 3), frac (n, 3), 
 
 
 def dataset_path(name: str, split: str, data_dir: str | Path | None = None) -> Path:
-    """``<data_dir>/<name>/<split>.csv`` or ``.csv.gz``, whichever exists."""
-    folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    candidates = [folder / name / f"{split}.csv", folder / name / f"{split}.csv.gz"]
+    """``<data_dir>/<name>/<split>.csv``, ``.csv.gz`` or ``.parquet``, whichever exists.
+
+    Without ``data_dir`` the split is found (or downloaded) by ``crysray.resources.dataset_file``.
+    """
+    if data_dir is None:
+        return dataset_file(name, split)
+    folder = Path(data_dir)
+    candidates = [folder / name / f"{split}{ext}" for ext in (".csv", ".csv.gz", ".parquet")]
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
-        f"no {split}.csv(.gz) for dataset {name!r} in {folder / name} "
-        "(set CRYSRAY_DATA_DIR to the folder holding the dataset directories)"
-    )
+    raise FileNotFoundError(f"no {split}.csv(.gz)/.parquet for dataset {name!r} in {folder / name}")
 
 
 def load_split(

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from crysray.paths import REPO_PARENT
+from crysray.resources import MATGL_MODELS, matgl_model_dir
 
 # Name of the attribute that records which model a Potential was loaded from (cache keys).
 MODEL_NAME_ATTR = "crysray_model_name"
@@ -49,8 +49,8 @@ DEFAULT_MODEL = "M3GNet-MP-2021.2.8-PES"
 
 
 def default_model_path() -> Path:
-    """``../shared/matgl/M3GNet-MP-2021.2.8-PES`` next to the repository root."""
-    return REPO_PARENT / "shared" / "matgl" / DEFAULT_MODEL
+    """The folder of ``DEFAULT_MODEL``, found or downloaded by ``crysray.resources``."""
+    return matgl_model_dir(DEFAULT_MODEL)
 
 
 def load_potential(
@@ -63,8 +63,9 @@ def load_potential(
 
     Args:
         name_or_path: a folder holding ``model.pt``, ``state.pt``, ``model.json``, or a model
-            name for ``matgl.load_model`` (current-format weights, e.g. from the Hugging Face
-            hub). Default: ``$CRYSRAY_MATGL_MODEL``, else ``default_model_path()``.
+            name: a name of ``crysray.resources.MATGL_MODELS`` is found or downloaded there,
+            any other goes to ``matgl.load_model`` (current-format weights, e.g. from the
+            Hugging Face hub). Default: ``$CRYSRAY_MATGL_MODEL``, else ``DEFAULT_MODEL``.
         legacy: force (True) or forbid (False) the legacy conversion of a folder; None detects
             it from the files (``detect_legacy_checkpoint``). Ignored for names.
         device: where the model lives; default CUDA when available, else CPU.
@@ -73,8 +74,11 @@ def load_potential(
         ValueError: the checkpoint is not a Potential, or is legacy with an architecture whose
             conversion is not implemented.
     """
-    target = name_or_path or os.environ.get("CRYSRAY_MATGL_MODEL") or default_model_path()
+    target = name_or_path or os.environ.get("CRYSRAY_MATGL_MODEL") or DEFAULT_MODEL
     path = Path(target)
+    if not path.is_dir() and str(target) in MATGL_MODELS:
+        # matgl.load_model would give these matgl 2.x checkpoints wrong energies (see above)
+        path = target = matgl_model_dir(str(target))
     if path.is_dir():
         is_legacy = detect_legacy_checkpoint(path) if legacy is None else legacy
         potential = _load_folder(path)
