@@ -41,6 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compositions", type=Path, default=None,
                    help="text file of cell formulas (one per line) or a CDVAE CSV split; "
                         "default: the Perov-5 test split")
+    p.add_argument("--max-atoms", type=int, default=None,
+                   help="largest cell to sample (default 200: the backbone's graph is fully connected, "
+                        "memory grows as atoms^2)")
+    p.add_argument("--skip-invalid-compositions", action="store_true",
+                   help="skip and count bad lines (unknown element, too many atoms) instead of stopping")
     p.add_argument("--num-samples", type=int, default=None,
                    help="rows to generate (default: one per composition); compositions are cycled")
     p.add_argument("--steps", type=int, default=10, help="network evaluations N per crystal")
@@ -62,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def validate(args) -> None:
-    for name in ("num_samples", "steps", "batch_size", "unit_size", "replicas"):
+    for name in ("num_samples", "steps", "batch_size", "unit_size", "replicas", "max_atoms"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -76,14 +81,17 @@ def plan(args, funnel_config=None):
     """
     from crysray.data.csv import dataset_path
     from crysray.sample.campaign import CampaignSpec, compositions_digest, open_run
-    from crysray.sample.compositions import read_compositions
+    from crysray.sample.compositions import DEFAULT_MAX_ATOMS, CompositionLimits, read_targets
     from crysray.train.checkpoint import checkpoint_hash, read_checkpoint
 
     validate(args)
     config = read_checkpoint(args.checkpoint)["config"]
     if config["method"]["task"] != args.task:
         raise ValueError(f"{args.checkpoint} is a {config['method']['task']} model, not {args.task}")
-    compositions = read_compositions(args.compositions or dataset_path("perov_5", "test"))
+    limits = CompositionLimits(args.max_atoms or DEFAULT_MAX_ATOMS, config["net"]["max_atomic_number"])
+    compositions, skipped = read_targets(args.compositions or dataset_path("perov_5", "test"), limits,
+                                         args.skip_invalid_compositions)
+    args.skipped_compositions = sum(skipped.values())
     spec = CampaignSpec(
         task=args.task, checkpoint_hash=checkpoint_hash(args.checkpoint),
         compositions_digest=compositions_digest(compositions),
@@ -168,11 +176,15 @@ def run(args) -> dict:
                 bar.update(int(summary["rows"]))
                 arrivals.append((time.perf_counter(), int(summary["rows"])))
     seconds = time.perf_counter() - start
+    from crysray.sample.campaign import record_failures
+
+    failed = record_failures(args.out)
     if args.funnel:
         from crysray.filter.campaign import finalize_run
 
         print(json.dumps(finalize_run(args.out)["funnel"]))
-    return {**summarize(args.out, spec, todo, seconds), "steady_crystals_per_second": steady_rate(arrivals)}
+    return {**summarize(args.out, spec, todo, seconds), "steady_crystals_per_second": steady_rate(arrivals),
+            "failed_units": failed, "skipped_compositions": args.skipped_compositions}
 
 
 def steady_rate(arrivals: list[tuple[float, int]]) -> float:
@@ -190,8 +202,13 @@ def summarize(out_dir: Path, spec, todo, seconds: float) -> dict:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    table = ds.dataset(out_dir / "data", format="parquet").to_table(columns=["sample_id", "valid_structure"])
-    generated = _rows_to_do(spec, todo)
+    from crysray.sample.schema import SCHEMA
+
+    table = ds.dataset(out_dir / "data", format="parquet",
+                       schema=SCHEMA).to_table(columns=["sample_id", "valid_structure"])
+    from crysray.sample.campaign import unit_path
+
+    generated = _rows_to_do(spec, [u for u in todo if unit_path(out_dir, u).exists()])
     return {
         "rows": table.num_rows,
         "unique_ids": pc.count_distinct(table.column("sample_id")).as_py(),
@@ -212,16 +229,22 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError, MPError) as err:
         print(f"mass_sample: error: {err}", file=sys.stderr)
         return 2
-    print("\n".join([
+    steady = summary["steady_crystals_per_second"]
+    steady = "one unit: no steady rate" if steady != steady else f"{steady:.1f} after the first unit"
+    lines = [
         "== crysray mass sampling ==",
         f"rows in dataset   {summary['rows']} ({summary['unique_ids']} unique sample_ids)",
-        f"valid structures  {summary['valid_fraction']:.1%}",
-        f"generated now     {summary['generated_now']} in {summary['wall_seconds']:.1f} s "
-        f"({summary['crystals_per_second']:.1f} crystals/s end to end, "
-        f"{summary['steady_crystals_per_second']:.1f} after the first unit)",
+        f"valid structures  {(summary['valid_fraction'] or 0):.1%}",
+        (f"generated now     {summary['generated_now']} in {summary['wall_seconds']:.1f} s "
+         f"({summary['crystals_per_second']:.1f} crystals/s end to end, {steady})"),
         f"output            {summary['output']}",
-    ]))
-    return 0
+    ]
+    if summary["skipped_compositions"]:
+        lines.append(f"skipped           {summary['skipped_compositions']} invalid compositions")
+    for unit, error in summary["failed_units"].items():
+        lines.append(f"FAILED unit {unit}  {error} (recorded in manifest.json)")
+    print("\n".join(lines))
+    return 1 if summary["failed_units"] else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,13 +71,15 @@ def test_killed_actor_and_killed_driver_still_end_with_exactly_n(tiny_checkpoint
             "--unit-size", 20, "--batch-size", 20, "--steps", 40, "--replicas", 2, "--out", out]
     proc = start_job(*args)
     wait_for_units(out, 2, proc)
-    actors = subprocess.run(["pgrep", "-f", "MapWorker"], capture_output=True, text=True).stdout.split()
+    # only this job's processes: its session (start_new_session), never other Ray work by name
+    actors = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "MapWorker"], capture_output=True,
+                            text=True).stdout.split()
     assert actors, "no sampling actor found"
     os.kill(int(actors[0]), signal.SIGKILL)  # Ray restarts the actor and retries its unit
     wait_for_units(out, 8, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run, with the Ray it started
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], capture_output=True)
     assert len(read_rows(out)) < 600
     rerun = run_job(*args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -107,7 +110,8 @@ def test_rerun_of_a_finished_run_changes_nothing(tiny_checkpoint, formulas_file,
     assert open_run(tmp_path, spec) == [0, 2, 3]
 
 
-@pytest.mark.parametrize("case", ["missing_checkpoint", "unreadable_compositions", "bad_formula", "zero_steps",
+@pytest.mark.parametrize("case", ["missing_checkpoint", "unreadable_compositions", "bad_formula",
+                                  "unknown_element", "too_many_atoms", "zero_steps",
                                   "zero_replicas", "other_run", "foreign_files"])
 def test_bad_input_fails_with_one_line_and_touches_nothing(case, tiny_checkpoint, formulas_file, tmp_path):
     out = tmp_path / "out"
@@ -121,6 +125,10 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(case, tiny_checkpoint
     elif case == "bad_formula":
         bad = tmp_path / "bad.txt"
         bad.write_text("SrTiO3\nnot a formula!\n")
+        args["--compositions"] = bad
+    elif case in ("unknown_element", "too_many_atoms"):
+        bad = tmp_path / "bad.txt"
+        bad.write_text("SrTiO3\n" + ("Xx2O3" if case == "unknown_element" else "Fe1000O1500") + "\nNaCl\n")
         args["--compositions"] = bad
     elif case == "zero_steps":
         args["--steps"] = 0
@@ -140,6 +148,64 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(case, tiny_checkpoint
     assert len(lines) == 1 and lines[0].startswith("mass_sample: error:"), result.stderr
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} if out.exists() else {}
     assert after == before
+    if case in ("unknown_element", "too_many_atoms"):
+        assert "bad.txt:2" in lines[0]  # the line is named
+        assert ("unknown element 'Xx'" if case == "unknown_element" else "--max-atoms") in lines[0]
+
+
+@pytest.mark.slow
+def test_invalid_compositions_can_be_skipped_and_counted(tiny_checkpoint, tmp_path):
+    formulas = tmp_path / "f.txt"
+    formulas.write_text("SrTiO3\nXx2O3\nFe1000O1500\nNaCl\n")
+    out = tmp_path / "run"
+    result = run_job("--checkpoint", tiny_checkpoint, "--compositions", formulas, "--steps", 3,
+                     "--skip-invalid-compositions", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped           2 invalid compositions" in result.stdout
+    assert sorted(read_rows(out).column("formula").to_pylist()) == ["NaCl", "SrTiO3"]
+
+
+SABOTAGE = """
+import os
+from crysray.sample import sampler
+
+_original = sampler.CrystalSampler.sample_unit
+
+def sample_unit(self, unit, *args, **kwargs):
+    if unit == 1:
+        raise RuntimeError("this unit always fails")
+    if unit == 2:
+        os._exit(1)  # the replica dies, as when the kernel kills it for memory
+    return _original(self, unit, *args, **kwargs)
+
+sampler.CrystalSampler.sample_unit = sample_unit
+"""
+
+
+@pytest.mark.slow
+def test_a_unit_that_keeps_failing_is_given_up_and_the_rest_finishes(tiny_checkpoint, formulas_file, tmp_path):
+    from crysray.sample.campaign import DIED, MAX_UNIT_ATTEMPTS
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SABOTAGE)  # loaded by the driver and every Ray worker
+    env = {**os.environ, "PYTHONPATH": str(hooks)}
+    out = tmp_path / "run"
+    args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 40,
+            "--unit-size", 10, "--steps", 3, "--out", out]
+    result = run_job(*args, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "FAILED unit 1  RuntimeError: this unit always fails" in result.stdout
+    assert f"FAILED unit 2  {DIED}" in result.stdout
+    table = read_rows(out)
+    assert sorted(set(table.column("work_unit").to_pylist())) == [0, 3] and table.num_rows == 20
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["failed_units"]) == {"1", "2"}
+    attempts = json.loads((out / "attempts" / "unit-00000002.json").read_text())
+    assert attempts["attempts"] == MAX_UNIT_ATTEMPTS  # bounded, not retried forever
+    before = {p.name: p.read_bytes() for p in (out / "data").glob("*.parquet")}
+    again = run_job(*args, env=env)  # a rerun resumes: the given-up units stay given up
+    assert again.returncode == 1 and {p.name: p.read_bytes() for p in (out / "data").glob("*.parquet")} == before
 
 
 def test_rows_turn_back_into_structures_and_files(tiny_checkpoint, formulas_file, tmp_path):

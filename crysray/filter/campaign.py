@@ -77,8 +77,10 @@ class FunnelUnitWorker:
             self.run_unit(int(unit))
         return batch
 
-    def run_unit(self, unit: int) -> Path:
+    def run_unit(self, unit: int) -> Path | None:
         out = funnel_path(self.run_dir, unit)
+        if not unit_path(self.run_dir, unit).exists():  # sampling gave this unit up: nothing to filter
+            return None
         if not out.exists():  # done by an earlier attempt
             table = self.funnel(pq.read_table(unit_path(self.run_dir, unit)))
             with atomic_path(out) as tmp:

@@ -2,8 +2,14 @@
 
 Layout of an output directory::
 
-    manifest.json              what this run is (checkpoint hash, inputs, N, seed, unit size)
+    manifest.json              what this run is (checkpoint hash, inputs, N, seed, unit size),
+                               plus ``failed_units`` (unit -> error) when some gave up
     data/unit-00000042.parquet one file per finished work unit, written atomically
+    attempts/unit-00000042.json  attempts of a unit not finished yet, and its last error
+
+A unit that fails MAX_UNIT_ATTEMPTS times, by an exception or by killing its replica (e.g. out
+of memory), is given up: it is reported as failed instead of being retried forever, and the
+rest of the run finishes. Delete its attempts file to try it again.
 
 Work unit u covers sample indices [u * unit_size, min((u + 1) * unit_size, num_samples)); in
 CSP mode sample k uses composition k mod len(compositions). A unit's rows depend only on the
@@ -15,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crysray.atomic import atomic_path, write_text_atomic
 from crysray.sample.sampler import Composition, CrystalSampler
 from crysray.sample.schema import SCHEMA
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
+ATTEMPTS_DIR = "attempts"
+MAX_UNIT_ATTEMPTS = 3
+DIED = "the replica died during the attempt (out of memory?)"
 
 
 class RunDirectoryError(ValueError):
@@ -76,6 +85,7 @@ def open_run(out_dir: str | Path, spec: CampaignSpec) -> list[int]:
     manifest = out_dir / MANIFEST
     if manifest.exists():
         saved = json.loads(manifest.read_text())
+        saved.pop("failed_units", None)
         if saved != asdict(spec):
             diff = sorted(k for k in saved.keys() | asdict(spec).keys() if saved.get(k) != asdict(spec).get(k))
             raise RunDirectoryError(f"{out_dir} holds another run's files (differs in: {', '.join(diff)}); "
@@ -84,11 +94,41 @@ def open_run(out_dir: str | Path, spec: CampaignSpec) -> list[int]:
         raise RunDirectoryError(f"{out_dir} is not empty and is not a crysray sampling run; choose a new output directory")
     else:
         (out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(asdict(spec), indent=1))
-        os.replace(tmp, manifest)
+        write_text_atomic(manifest, json.dumps(asdict(spec), indent=1))
     done = set(finished_units(out_dir))
     return [u for u in range(spec.num_units) if u not in done]
+
+
+def attempts_path(out_dir: Path, unit: int) -> Path:
+    return Path(out_dir) / ATTEMPTS_DIR / f"unit-{unit:08d}.json"
+
+
+def read_attempts(out_dir: Path, unit: int) -> dict:
+    path = attempts_path(out_dir, unit)
+    return json.loads(path.read_text()) if path.is_file() else {"attempts": 0, "error": None}
+
+
+def failed_units(out_dir: str | Path) -> dict[int, str]:
+    """Units given up after MAX_UNIT_ATTEMPTS (and not finished since) -> last error."""
+    out = {}
+    for path in sorted((Path(out_dir) / ATTEMPTS_DIR).glob("unit-*.json")):
+        unit = int(path.stem.split("-")[1])
+        record = json.loads(path.read_text())
+        if record["attempts"] >= MAX_UNIT_ATTEMPTS and not unit_path(out_dir, unit).exists():
+            out[unit] = record["error"]
+    return out
+
+
+def record_failures(out_dir: str | Path) -> dict[int, str]:
+    """Write the given-up units into the manifest (replacing an earlier list); return them."""
+    manifest = Path(out_dir) / MANIFEST
+    saved = json.loads(manifest.read_text())
+    failed = failed_units(out_dir)
+    saved.pop("failed_units", None)
+    if failed:
+        saved["failed_units"] = {str(u): e for u, e in failed.items()}
+    write_text_atomic(manifest, json.dumps(saved, indent=1))
+    return failed
 
 
 def finished_units(out_dir: str | Path) -> list[int]:
@@ -98,10 +138,8 @@ def finished_units(out_dir: str | Path) -> list[int]:
 
 def write_unit(out_dir: Path, unit: int, table: pa.Table, metadata: dict[bytes, bytes]) -> None:
     """Atomic: readers and resumes only ever see complete unit files."""
-    path = unit_path(out_dir, unit)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
-    os.replace(tmp, path)
+    with atomic_path(unit_path(out_dir, unit)) as tmp:
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
 
 
 class CampaignWorker:
@@ -123,17 +161,40 @@ class CampaignWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         summaries = [self.run_unit(int(u)) for u in batch["unit"]]
-        return {k: np.array([s[k] for s in summaries]) for k in ("unit", "rows", "valid", "seconds")}
+        keys = ("unit", "rows", "valid", "seconds", "failed")
+        return {k: np.array([s[k] for s in summaries]) for k in keys}
 
     def run_unit(self, unit: int) -> dict:
         start_time = time.perf_counter()
         path = unit_path(self.out_dir, unit)
         if path.exists():  # finished by an earlier attempt of this unit
             valid = pq.read_table(path, columns=["valid_structure"]).column(0)
-            return {"unit": unit, "rows": len(valid), "valid": int(pa.compute.sum(valid).as_py() or 0), "seconds": 0.0}
+            return {"unit": unit, "rows": len(valid), "valid": int(pa.compute.sum(valid).as_py() or 0),
+                    "seconds": 0.0, "failed": False}  # fmt: skip
+        table = self._sample_with_attempts(unit)
+        if table is None:
+            return {"unit": unit, "rows": 0, "valid": 0, "seconds": 0.0, "failed": True}
+        write_unit(self.out_dir, unit, table, self.metadata)
+        attempts_path(self.out_dir, unit).unlink(missing_ok=True)
+        valid = int(np.sum(table.column("valid_structure").to_numpy(zero_copy_only=False)))
+        return {"unit": unit, "rows": table.num_rows, "valid": valid,
+                "seconds": time.perf_counter() - start_time, "failed": False}  # fmt: skip
+
+    def _sample_with_attempts(self, unit: int) -> pa.Table | None:
+        """The unit's rows, or None once MAX_UNIT_ATTEMPTS attempts have failed.
+
+        An exception is retried here (Ray Data does not retry user errors); an attempt that
+        kills the process is retried by Ray on a restarted replica. Each attempt is counted
+        on disk before it starts, so both kinds add up to the same bound.
+        """
         start, stop = self.spec.unit_range(unit)
         targets = [self.compositions[k % len(self.compositions)] for k in range(start, stop)]
-        table = self.sampler.sample_unit(unit, self.spec.seed, targets, first_index=start)
-        write_unit(self.out_dir, unit, table, self.metadata)
-        valid = int(np.sum(table.column("valid_structure").to_numpy(zero_copy_only=False)))
-        return {"unit": unit, "rows": table.num_rows, "valid": valid, "seconds": time.perf_counter() - start_time}
+        path = attempts_path(self.out_dir, unit)
+        while (attempt := read_attempts(self.out_dir, unit)["attempts"] + 1) <= MAX_UNIT_ATTEMPTS:
+            write_text_atomic(path, json.dumps({"attempts": attempt, "error": DIED}))
+            try:
+                return self.sampler.sample_unit(unit, self.spec.seed, targets, first_index=start)
+            except Exception as err:  # noqa: BLE001 - recorded, then retried or given up
+                error = f"{type(err).__name__}: {err}"[:500]
+                write_text_atomic(path, json.dumps({"attempts": attempt, "error": error}))
+        return None
