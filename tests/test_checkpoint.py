@@ -66,4 +66,32 @@ def test_resume_continues_and_refuses_a_different_model(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="different net configuration"):
         train(other, batches, tmp_path / "run.pt")
     export_inference(tmp_path / "run.pt", tmp_path / "infer.pt")
-    assert set(read_checkpoint(tmp_path / "infer.pt")) == {"format", "config", "ema", "step", "metrics"}
+
+
+def test_resume_continues_where_the_data_left_off(tmp_path):
+    """Stopped mid-epoch (step 3) and at an epoch's end (step 4; 4 batches per epoch), the
+    resumed runs train on exactly the batches an uninterrupted run trains on, in order."""
+    from crysray.data.csv import dataset_path, load_split
+
+    table = load_split(dataset_path("perov_5", "val")).subset(range(32))
+    trained: dict[str, list] = {"whole": [], "parts": []}
+
+    def recording(name):  # wrap_model: sees every batch that is trained on
+        def wrap(model):
+            def step(batch, generator):
+                trained[name].append(round(float(batch.frac_coords.sum()), 6))
+                return model(batch, generator)
+            return step
+        return wrap
+
+    batches = lambda epoch: table.iterate_batches(8, shuffle=True, epoch=epoch)  # noqa: E731
+    config = load_config("crysbfn_perov5", TINY + ["train.max_steps=10", "train.checkpoint_every=1",
+                                                   "train.threads=1"]).replace("data", lattice_std=2.0)
+    train(config, batches, tmp_path / "whole.pt", wrap_model=recording("whole"))
+    for stop in (3, 4, 10):
+        train(config.replace("train", max_steps=stop), batches, tmp_path / "parts.pt",
+              wrap_model=recording("parts"))
+        if stop == 3:
+            assert (read_checkpoint(tmp_path / "parts.pt")["epoch"], read_checkpoint(tmp_path / "parts.pt")["batch"]) == (0, 3)
+    assert len(trained["whole"]) == 10 and trained["parts"] == trained["whole"]
+    assert read_checkpoint(tmp_path / "parts.pt")["epoch"] == 2

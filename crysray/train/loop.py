@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
@@ -75,7 +76,9 @@ def train(
     model = build_method(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": []}
+    # "batch": batches of the current epoch already trained on, so a resume continues the
+    # epoch where the data left off instead of replaying it
+    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "history": []}
     checkpoint_path = Path(checkpoint_path)
     if checkpoint_path.exists():
         state = _resume(checkpoint_path, model, ema, optimizer, config)
@@ -85,7 +88,7 @@ def train(
     start = time.monotonic() - state["elapsed"] * 60
     metrics: dict = {}
     while not _finished(config, state):
-        for batch in epoch_batches(state["epoch"]):
+        for batch in itertools.islice(epoch_batches(state["epoch"]), state["batch"], None):
             elapsed = (time.monotonic() - start) / 60
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state["step"], elapsed)
@@ -95,6 +98,7 @@ def train(
             _zero_nonfinite_grads(model)
             optimizer.step()
             state["step"] += 1
+            state["batch"] += 1
             decay = t.ema_decay if state["step"] > t.ema_start else 0.0
             update_ema(ema, model, decay)
             state["elapsed"] = (time.monotonic() - start) / 60
@@ -108,6 +112,7 @@ def train(
                 break
         else:
             state["epoch"] += 1
+            state["batch"] = 0
     return {"step": state["step"], "epoch": state["epoch"], "minutes": state["elapsed"], **metrics}
 
 
@@ -131,7 +136,7 @@ def _checkpoint(config, state, model, ema, optimizer, metrics, val_batches, path
         save_checkpoint(path, {
             "config": config.to_dict(), "ema": ema.state_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "step": state["step"], "epoch": state["epoch"],
-            "elapsed": state["elapsed"], "history": state["history"], "metrics": record,
+            "batch": state["batch"], "elapsed": state["elapsed"], "history": state["history"], "metrics": record,
         })
         log.info("checkpoint %s %s", path, _fmt(record))
     if hook is not None:
@@ -149,7 +154,8 @@ def _resume(path, model, ema, optimizer, config) -> dict:
     load_weights(model, payload["model"], str(path))
     load_weights(ema, payload["ema"], str(path))
     optimizer.load_state_dict(payload["optimizer"])
-    return {k: payload[k] for k in ("step", "epoch", "elapsed", "history")}
+    state = {k: payload[k] for k in ("step", "epoch", "elapsed", "history")}
+    return {**state, "batch": payload.get("batch", 0)}  # runs saved before "batch" existed
 
 
 def _fmt(d: dict) -> str:
