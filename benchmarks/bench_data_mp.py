@@ -2,7 +2,8 @@
 
 The Materials Project is played by the test server of tests/mp_server.py on 127.0.0.1,
 serving the MP rows of ../shared/data (MP-20 pilot train/val/test, MP-20 binary/ternary val,
-MPTS-52 val; the first 10,000 distinct materials) as summary documents. Both runs build the same dataset into fresh directories; the
+MPTS-52 val; the first 10,000 distinct materials) as summary documents. Both runs build the
+same dataset into fresh directories; the
 second reads the cached answer and must not touch the network.
 
     python benchmarks/bench_data_mp.py --workers 2
@@ -24,10 +25,10 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from mp_server import KEY, FakeMP, summary_docs  # noqa: E402
+from mp_server import KEY, FakeMP, summary_docs
 
-from crysray.data.mp import MPQuery, build_mp_dataset  # noqa: E402
-from crysray.resources import dataset_file  # noqa: E402
+from crysray.data.mp import MPQuery, build_mp_dataset
+from crysray.resources import dataset_file
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -54,7 +55,9 @@ def main(n: int, workers: int) -> dict:
                                        workers=workers)  # fmt: skip
             report[f"{label}_seconds"] = time.perf_counter() - start
             report[f"{label}_materials"] = summary["materials"]
-            report[f"{label}_skipped"] = summary["skipped_records"] + sum(summary["skipped_structures"].values())
+            report[f"{label}_skipped"] = summary["skipped_records"] + sum(
+                summary["skipped_structures"].values()
+            )
             report[f"{label}_requests"] = len(server.data_requests())
     print(json.dumps(report, indent=1))
     RESULTS.mkdir(exist_ok=True)

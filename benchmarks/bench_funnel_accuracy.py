@@ -105,7 +105,8 @@ def main(n: int, threads: int) -> dict:
     ef_relaxed = np.array(out["formation_energy_per_atom"].to_pylist(), dtype=float)
     e_hull = np.array(out["e_above_hull"].to_pylist(), dtype=float)
     totals = [dft * s.composition.num_atoms + sum(k * refs.energies[el.symbol]
-              for el, k in s.composition.items()) for s, dft in zip(structures, dft_ef)]  # fmt: skip
+              for el, k in s.composition.items())
+              for s, dft in zip(structures, dft_ef)]  # fmt: skip
     e_hull_exact = np.array([hull.e_above_hull(s.composition, t).e_above_hull
                              for s, t in zip(structures, totals)])  # fmt: skip
     phases = np.array(out["hull_reference_phases"].to_pylist(), dtype=float)
@@ -121,19 +122,28 @@ def main(n: int, threads: int) -> dict:
         "stable_call_local_hull": stable_call(e_hull, dft_hull),
         "stable_call_exact_dft_energy_same_hull": stable_call(e_hull_exact, dft_hull),
         "reference_compounds_per_crystal": {
-            "median": float(np.nanmedian(phases)), "zero": int((phases == 0).sum()),
-            "under_5": int((phases < 5).sum())},  # fmt: skip
+            "median": float(np.nanmedian(phases)),
+            "zero": int((phases == 0).sum()),
+            "under_5": int((phases < 5).sum()),
+        },
         "stage_seconds": counts["seconds"],
     }
     print(json.dumps(report, indent=2, default=str))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({
-        "material_id": sample["material_id"], "formula": [s.composition.reduced_formula for s in structures],
-        "dft_formation_energy_per_atom": dft_ef, "dft_e_above_hull": dft_hull,
-        "formation_energy_single_point": ef_sp, "formation_energy_relaxed": ef_relaxed,
-        "e_above_hull": e_hull, "e_above_hull_exact_energy": e_hull_exact,
-        "reference_compounds": phases, "relax_status": out["relax_status"].to_pylist(),
-    }).to_csv(RESULTS / "funnel_accuracy_crystals.csv", index=False, float_format="%.4f")  # fmt: skip
+    pd.DataFrame(
+        {
+            "material_id": sample["material_id"],
+            "formula": [s.composition.reduced_formula for s in structures],
+            "dft_formation_energy_per_atom": dft_ef,
+            "dft_e_above_hull": dft_hull,
+            "formation_energy_single_point": ef_sp,
+            "formation_energy_relaxed": ef_relaxed,
+            "e_above_hull": e_hull,
+            "e_above_hull_exact_energy": e_hull_exact,
+            "reference_compounds": phases,
+            "relax_status": out["relax_status"].to_pylist(),
+        }
+    ).to_csv(RESULTS / "funnel_accuracy_crystals.csv", index=False, float_format="%.4f")
     (RESULTS / "funnel_accuracy.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 

@@ -45,7 +45,9 @@ def tree_rss(proc: psutil.Process) -> int:
 def run_measured(cmd: list[str]) -> dict:
     """Run a command; wall time, peak RSS of its process tree, the driver's own CPU time."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ps = psutil.Process(proc.pid)
     peak, cpu = 0, 0.0
     done = threading.Event()
@@ -67,14 +69,35 @@ def run_measured(cmd: list[str]) -> dict:
     watcher.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-    return {"wall_seconds": time.perf_counter() - start, "peak_rss_mb": peak / 2**20,
-            "driver_cpu_seconds": cpu, "stdout": out}
+    return {
+        "wall_seconds": time.perf_counter() - start,
+        "peak_rss_mb": peak / 2**20,
+        "driver_cpu_seconds": cpu,
+        "stdout": out,
+    }
 
 
 def mass_sample(out: Path, samples: int, replicas: int, steps: int, unit: int, batch: int) -> dict:
-    cmd = [PY, "jobs/mass_sample.py", "--checkpoint", str(CHECKPOINT), "--num-samples", str(samples),
-           "--steps", str(steps), "--unit-size", str(unit), "--batch-size", str(batch), "--replicas",
-           str(replicas), "--threads-per-replica", "1", "--out", str(out)]
+    cmd = [
+        PY,
+        "jobs/mass_sample.py",
+        "--checkpoint",
+        str(CHECKPOINT),
+        "--num-samples",
+        str(samples),
+        "--steps",
+        str(steps),
+        "--unit-size",
+        str(unit),
+        "--batch-size",
+        str(batch),
+        "--replicas",
+        str(replicas),
+        "--threads-per-replica",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = run_measured(cmd)
     line = next(x for x in result["stdout"].splitlines() if x.startswith("generated now"))
     result["pipeline_seconds"] = float(line.split(" in ")[1].split(" s ")[0])
@@ -93,7 +116,8 @@ from crysray.sample.campaign import CampaignSpec, CampaignWorker, compositions_d
 from crysray.sample.compositions import read_compositions
 from crysray.train.checkpoint import checkpoint_hash
 comps = read_compositions(dataset_path("perov_5", "test"))
-spec = CampaignSpec("csp", checkpoint_hash({ckpt!r}), compositions_digest(comps), {n}, {steps}, 0, {unit}, {batch})
+spec = CampaignSpec("csp", checkpoint_hash({ckpt!r}), compositions_digest(comps), {n}, {steps}, 0,
+                    {unit}, {batch})
 todo = open_run({out!r}, spec)
 worker = CampaignWorker({ckpt!r}, {out!r}, spec.__dict__, comps, threads=1)
 start = time.perf_counter()
@@ -107,40 +131,75 @@ print("seconds", ends[-1] - start, "steady", steady)
 
 
 def plain_loop(out: Path, samples: int, steps: int, unit: int, batch: int) -> dict:
-    code = PLAIN_LOOP.format(repo=str(REPO), ckpt=str(CHECKPOINT), n=samples, steps=steps, unit=unit,
-                             batch=batch, out=str(out))
+    code = PLAIN_LOOP.format(
+        repo=str(REPO),
+        ckpt=str(CHECKPOINT),
+        n=samples,
+        steps=steps,
+        unit=unit,
+        batch=batch,
+        out=str(out),
+    )
     result = run_measured([PY, "-c", code])
     fields = result.pop("stdout").split()
-    seconds, steady = float(fields[fields.index("seconds") + 1]), float(fields[fields.index("steady") + 1])
-    return {**result, "pipeline_seconds": seconds, "crystals_per_second": samples / seconds,
-            "steady_crystals_per_second": steady}
+    seconds, steady = (
+        float(fields[fields.index("seconds") + 1]),
+        float(fields[fields.index("steady") + 1]),
+    )
+    return {
+        **result,
+        "pipeline_seconds": seconds,
+        "crystals_per_second": samples / seconds,
+        "steady_crystals_per_second": steady,
+    }
 
 
 def train_throughput(workers: int, per_worker_batch: int, steps: int, tmp: Path) -> dict:
-    cmd = [PY, "jobs/train.py", "--workers", str(workers), "--threads-per-worker", "1", "--storage",
-           str(tmp / f"train{workers}"), "--name", "bench", f"train.max_steps={steps}",
-           f"train.batch_size={per_worker_batch * workers}", "train.log_every=1000000"]
+    cmd = [
+        PY,
+        "jobs/train.py",
+        "--workers",
+        str(workers),
+        "--threads-per-worker",
+        "1",
+        "--storage",
+        str(tmp / f"train{workers}"),
+        "--name",
+        "bench",
+        f"train.max_steps={steps}",
+        f"train.batch_size={per_worker_batch * workers}",
+        "train.log_every=1000000",
+    ]
     result = run_measured(cmd)
     metrics = next(x for x in result.pop("stdout").splitlines() if x.startswith("final metrics:"))
     minutes = float(metrics.split("'minutes': ")[1].split(",")[0])
-    return {**result, "train_minutes": minutes,
-            "crystals_per_second": steps * per_worker_batch * workers / (minutes * 60)}
+    return {
+        **result,
+        "train_minutes": minutes,
+        "crystals_per_second": steps * per_worker_batch * workers / (minutes * 60),
+    }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--samples", type=int, default=6144)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--unit-size", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--memory-samples", type=int, nargs=2, default=[10_000, 100_000])
-    p.add_argument("--memory-steps", type=int, default=1, help="N for the memory runs (cost, not quality)")
+    p.add_argument(
+        "--memory-steps", type=int, default=1, help="N for the memory runs (cost, not quality)"
+    )
     p.add_argument("--train-steps", type=int, default=60)
     p.add_argument("--skip", nargs="*", default=[], choices=["sampling", "memory", "training"])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ray.json")
     args = p.parse_args()
-    record = {"machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, "
-                         f"{psutil.virtual_memory().total / 2**30:.0f} GiB"}
+    record = {
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
+    }
     tmp = Path(tempfile.mkdtemp(prefix="crysray-bench-"))
     common = (args.steps, args.unit_size, args.batch_size)
     if "sampling" not in args.skip:
@@ -149,9 +208,12 @@ def main() -> int:
         two = mass_sample(tmp / "two", args.samples, 2, *common)
         units = -(-args.samples // args.unit_size)
         record["sampling"] = {
-            "plain_loop": plain, "ray_1_replica": one, "ray_2_replicas": two,
+            "plain_loop": plain,
+            "ray_1_replica": one,
+            "ray_2_replicas": two,
             # steady state: after each pipeline's first unit (actor/process start-up excluded)
-            "ray_over_plain": one["steady_crystals_per_second"] / plain["steady_crystals_per_second"],
+            "ray_over_plain": one["steady_crystals_per_second"]
+            / plain["steady_crystals_per_second"],
             "two_over_one": two["steady_crystals_per_second"] / one["steady_crystals_per_second"],
             "end_to_end_ray_over_plain": one["crystals_per_second"] / plain["crystals_per_second"],
             "end_to_end_two_over_one": two["crystals_per_second"] / one["crystals_per_second"],
@@ -159,14 +221,24 @@ def main() -> int:
         }
         print(json.dumps(record["sampling"], indent=1), flush=True)
     if "memory" not in args.skip:
-        small, large = (mass_sample(tmp / f"mem{n}", n, 2, args.memory_steps, 1024, 512) for n in args.memory_samples)
-        record["memory"] = {"small": small, "large": large, "large_over_small": large["peak_rss_mb"] / small["peak_rss_mb"]}
+        small, large = (
+            mass_sample(tmp / f"mem{n}", n, 2, args.memory_steps, 1024, 512)
+            for n in args.memory_samples
+        )
+        record["memory"] = {
+            "small": small,
+            "large": large,
+            "large_over_small": large["peak_rss_mb"] / small["peak_rss_mb"],
+        }
         print(json.dumps(record["memory"], indent=1), flush=True)
     if "training" not in args.skip:
         t1 = train_throughput(1, 128, args.train_steps, tmp)
         t2 = train_throughput(2, 128, args.train_steps, tmp)
-        record["training"] = {"one_worker": t1, "two_workers": t2,
-                              "two_over_one": t2["crystals_per_second"] / t1["crystals_per_second"]}
+        record["training"] = {
+            "one_worker": t1,
+            "two_workers": t2,
+            "two_over_one": t2["crystals_per_second"] / t1["crystals_per_second"],
+        }
         print(json.dumps(record["training"], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))

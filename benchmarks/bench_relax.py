@@ -89,7 +89,9 @@ def evaluation_speedup(potential, lattices, fracs, numbers, repeats: int = 3) ->
     return {"batched_seconds": batched, "one_by_one_seconds": single, "speedup": single / batched}
 
 
-def main(n: int = 32, fmax: float = 0.05, max_steps: int = 500, max_atoms: int = 2000, threads: int = 1) -> dict:
+def main(
+    n: int = 32, fmax: float = 0.05, max_steps: int = 500, max_atoms: int = 2000, threads: int = 1
+) -> dict:
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")
     potential = load_potential()

@@ -2,7 +2,8 @@
 
 Example (the shipped Perov-5 model)::
 
-    crysray-train --config crysbfn_perov5 --run-dir runs/perov5 --export checkpoints/crysbfn_perov5.pt \
+    crysray-train --config crysbfn_perov5 --run-dir runs/perov5 \
+        --export checkpoints/crysbfn_perov5.pt \
         train.max_minutes=97 train.ema_decay=0.999 train.threads=1
 
 Rerunning the same command resumes the run (or, once it is finished, only re-exports).
@@ -29,7 +30,9 @@ def prepare_config(config: RunConfig, train_table: CrystalTable) -> RunConfig:
     return config
 
 
-def load_dataset_splits(config: RunConfig, val_rows: int = 1024) -> tuple[CrystalTable, CrystalTable]:
+def load_dataset_splits(
+    config: RunConfig, val_rows: int = 1024
+) -> tuple[CrystalTable, CrystalTable]:
     """Training split and a fixed validation subset of the config's dataset."""
     train_table = load_split(dataset_path(config.data.dataset, "train"))
     val_table = load_split(dataset_path(config.data.dataset, "val"))
@@ -44,7 +47,9 @@ def run_local_training(config: RunConfig, run_dir: Path, snapshot_every: int = 2
     t = config.train
 
     def epoch_batches(epoch: int):
-        return train_table.iterate_batches(t.batch_size, shuffle=True, seed=t.seed, epoch=epoch, drop_last=True)
+        return train_table.iterate_batches(
+            t.batch_size, shuffle=True, seed=t.seed, epoch=epoch, drop_last=True
+        )
 
     def val_batches():
         return val_table.iterate_batches(512, shuffle=False)
@@ -57,17 +62,37 @@ def run_local_training(config: RunConfig, run_dir: Path, snapshot_every: int = 2
         if count["n"] % snapshot_every == 0:
             export_inference(path, run_dir / "snapshots" / f"step{record['step']:07d}.pt")
 
-    return train(config, epoch_batches, run_dir / "checkpoint.pt", val_batches=val_batches,
-                 on_checkpoint=keep_snapshot)
+    return train(
+        config,
+        epoch_batches,
+        run_dir / "checkpoint.pt",
+        val_batches=val_batches,
+        on_checkpoint=keep_snapshot,
+    )
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="crysbfn_perov5", help="packaged config name or YAML path")
-    parser.add_argument("--run-dir", type=Path, required=True, help="checkpoint.pt and snapshots go here; resumes if present")
-    parser.add_argument("--export", type=Path, default=None,
-                        help="write the EMA weights + config (what sampling needs) here at the end")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_minutes=120")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", default="crysbfn_perov5", help="packaged config name or YAML path"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        required=True,
+        help="checkpoint.pt and snapshots go here; resumes if present",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="write the EMA weights + config (what sampling needs) here at the end",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="section.key=value, e.g. train.max_minutes=120"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

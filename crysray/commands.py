@@ -1,4 +1,4 @@
-"""``crysray``: the command-line entry point (``crysray data mp ...``; training is ``crysray-train``).
+"""``crysray``: the command line (``crysray data mp ...``; training is ``crysray-train``).
 
     crysray data mp --preset mp20-like --out data/mp20_like
     crysray data mp --chemsys Li-Fe-O Li-Mn-O --max-sites 40 --experimental-only --out data/li_tm_o
@@ -35,20 +35,36 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="crysray", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     commands = top.add_subparsers(dest="command", required=True)
-    data = commands.add_parser("data", help="build datasets").add_subparsers(dest="source", required=True)
+    data = commands.add_parser("data", help="build datasets").add_subparsers(
+        dest="source", required=True
+    )
     mp = data.add_parser("mp", help="a training dataset from a Materials Project query")
-    mp.add_argument("--out", type=Path, required=True, help="directory for {train,val,test}.parquet")
-    mp.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                    help="mp20-like: <= 20 sites, E_hull <= 0.08 eV/atom (not MP-20 itself: see "
-                         "crysray/data/mp.py)")
+    mp.add_argument(
+        "--out", type=Path, required=True, help="directory for {train,val,test}.parquet"
+    )
+    mp.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="mp20-like: <= 20 sites, E_hull <= 0.08 eV/atom (not MP-20 itself: see "
+        "crysray/data/mp.py)",
+    )
     mp.add_argument("--elements", nargs="+", help="materials containing all of these elements")
     mp.add_argument("--chemsys", nargs="+", help="materials of exactly these systems, e.g. Li-Fe-O")
     mp.add_argument("--max-sites", type=int, default=None, help="default 20")
-    mp.add_argument("--max-e-above-hull", type=float, default=None, help="eV/atom (default: no limit)")
-    mp.add_argument("--experimental-only", action="store_true", help="only materials with an ICSD entry")
-    mp.add_argument("--offline", action="store_true", help="only the cached answer; never the network")
+    mp.add_argument(
+        "--max-e-above-hull", type=float, default=None, help="eV/atom (default: no limit)"
+    )
+    mp.add_argument(
+        "--experimental-only", action="store_true", help="only materials with an ICSD entry"
+    )
+    mp.add_argument(
+        "--offline", action="store_true", help="only the cached answer; never the network"
+    )
     mp.add_argument("--mp-api-key", default=None, help="default $MP_API_KEY; never written")
-    mp.add_argument("--cache-dir", type=Path, default=None, help="default $CRYSRAY_CACHE or ~/.cache/crysray")
+    mp.add_argument(
+        "--cache-dir", type=Path, default=None, help="default $CRYSRAY_CACHE or ~/.cache/crysray"
+    )
     mp.add_argument("--workers", type=int, default=2, help="processes for canonicalisation")
     mp.set_defaults(run=_data_mp)
     return top

@@ -22,8 +22,14 @@ def funnel_resources(cluster: dict, replicas: int, cpus=None, gpus=None) -> tupl
     return cpus, gpus
 
 
-def add_funnel_stage(dataset, config: FunnelConfig, run_dir: Path, replicas: int,
-                     cpus: float | None = None, gpus: float | None = None):
+def add_funnel_stage(
+    dataset,
+    config: FunnelConfig,
+    run_dir: Path,
+    replicas: int,
+    cpus: float | None = None,
+    gpus: float | None = None,
+):
     """Append the funnel actor pool to a Ray Data pipeline of ``{"unit": ...}`` rows."""
     cpus, gpus = funnel_resources(ray.cluster_resources(), replicas, cpus, gpus)
     return dataset.map_batches(

@@ -85,35 +85,57 @@ def _split(base: str, dataset: str, split: str, checksum: str, ext: str = ".csv"
 
 # Blob ids and sha256 sums as listed in ../shared/data/README.md.
 DATASETS: dict[tuple[str, str], Remote] = {
-    ("perov_5", "train"): _split(DIFFCSP, "perov_5", "train",
-                                 "gitblob:62ce91686595d45d484d026bbfd14c2518b66abd"),
-    ("perov_5", "val"): _split(DIFFCSP, "perov_5", "val",
-                               "gitblob:872fc814e6a513024cb923a0576d723fca25969c"),
-    ("perov_5", "test"): _split(DIFFCSP, "perov_5", "test",
-                                "gitblob:cb97501bed31c8cdcb603f9b9c3a59842828c9d8"),
+    ("perov_5", "train"): _split(
+        DIFFCSP, "perov_5", "train", "gitblob:62ce91686595d45d484d026bbfd14c2518b66abd"
+    ),
+    ("perov_5", "val"): _split(
+        DIFFCSP, "perov_5", "val", "gitblob:872fc814e6a513024cb923a0576d723fca25969c"
+    ),
+    ("perov_5", "test"): _split(
+        DIFFCSP, "perov_5", "test", "gitblob:cb97501bed31c8cdcb603f9b9c3a59842828c9d8"
+    ),
     ("mp_20", "train"): _split(DIFFCSP, "mp_20", "train", "gitblob:206f82f8"),
     ("mp_20", "val"): _split(DIFFCSP, "mp_20", "val", "gitblob:6070ef70"),
     ("mp_20", "test"): _split(DIFFCSP, "mp_20", "test", "gitblob:133f5697"),
-    ("mpts_52", "val"): _split(DIFFCSP, "mpts_52", "val",
-                               "gitblob:a377ba0ca7bee37ee69d9f50f8362eaa35d9f690"),
+    ("mpts_52", "val"): _split(
+        DIFFCSP, "mpts_52", "val", "gitblob:a377ba0ca7bee37ee69d9f50f8362eaa35d9f690"
+    ),
     ("mpts_52", "test"): _split(DIFFCSP, "mpts_52", "test", "gitblob:2e8af159"),
-    ("carbon_24", "val"): _split(CDVAE, "carbon_24", "val",
-                                 "gitblob:b3e29b927883642426ca1d9632d00359b412742b"),
-    ("carbon_24", "test"): _split(CDVAE, "carbon_24", "test",
-                                  "gitblob:9beca843fde489de1fe288b32f9e3ff710d42803"),
+    ("carbon_24", "val"): _split(
+        CDVAE, "carbon_24", "val", "gitblob:b3e29b927883642426ca1d9632d00359b412742b"
+    ),
+    ("carbon_24", "test"): _split(
+        CDVAE, "carbon_24", "test", "gitblob:9beca843fde489de1fe288b32f9e3ff710d42803"
+    ),
     # The default hull reference of crysray.filter.reference.
     ("mp_20_pilot", "train"): _split(
-        WYCKOFF_PILOT, "mp_20_pilot", "train", ext=".csv.gz",
-        checksum="sha256:a89a708d16d80401fe256d6742680f2e02ed5746f1a685cfea1b509754fe728e"),
+        WYCKOFF_PILOT,
+        "mp_20_pilot",
+        "train",
+        ext=".csv.gz",
+        checksum="sha256:a89a708d16d80401fe256d6742680f2e02ed5746f1a685cfea1b509754fe728e",
+    ),
     ("mp_20_pilot", "val"): _split(
-        WYCKOFF_PILOT, "mp_20_pilot", "val", ext=".csv.gz",
-        checksum="sha256:b03d4aeb363a7ec3018cea66e2e69fce3ca3b518c900531a03a1266d5d392eb6"),
+        WYCKOFF_PILOT,
+        "mp_20_pilot",
+        "val",
+        ext=".csv.gz",
+        checksum="sha256:b03d4aeb363a7ec3018cea66e2e69fce3ca3b518c900531a03a1266d5d392eb6",
+    ),
     ("mp_20_pilot", "test"): _split(
-        WYCKOFF_PILOT, "mp_20_pilot", "test", ext=".csv.gz",
-        checksum="sha256:c0b5922164322338d0e282d4429b2dc8ab31ffa39d456d05e102b6ec88ea7262"),
+        WYCKOFF_PILOT,
+        "mp_20_pilot",
+        "test",
+        ext=".csv.gz",
+        checksum="sha256:c0b5922164322338d0e282d4429b2dc8ab31ffa39d456d05e102b6ec88ea7262",
+    ),
     ("mp_20_biternary", "val"): _split(
-        WYCKOFF, "mp_20_biternary", "val", ext=".csv.gz",
-        checksum="sha256:f0a1743241ade50592ce24dd3efc8b5e4d4d84c6a72e827c16699e83ce254f07"),
+        WYCKOFF,
+        "mp_20_biternary",
+        "val",
+        ext=".csv.gz",
+        checksum="sha256:f0a1743241ade50592ce24dd3efc8b5e4d4d84c6a72e827c16699e83ce254f07",
+    ),
 }
 
 MP_REFERENCES_REMOTE = Remote(
@@ -293,10 +315,7 @@ def _first_file(relpaths: list[str], folders: list[Path]) -> Path | None:
 
 
 def _data_hint(folder: str, filename: str) -> str:
-    return (
-        f"put {filename} in $CRYSRAY_DATA_DIR/{folder}/ or "
-        f"{_cache_root() / 'data' / folder}/"
-    )
+    return f"put {filename} in $CRYSRAY_DATA_DIR/{folder}/ or {_cache_root() / 'data' / folder}/"
 
 
 def _offline() -> bool:
@@ -358,10 +377,19 @@ def _fetch_once(url: str, dest: Path, checksum: str) -> None:
                 length = response.headers.get("Content-Length")
                 expected = int(length) if length else None
                 received = 0
-                with open(tmp, "wb") as out, tqdm(
-                    total=expected, unit="B", unit_scale=True, unit_divisor=1024,
-                    desc=dest.name, file=sys.stderr, leave=False, mininterval=1.0,
-                ) as bar:
+                with (
+                    open(tmp, "wb") as out,
+                    tqdm(
+                        total=expected,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        file=sys.stderr,
+                        leave=False,
+                        mininterval=1.0,
+                    ) as bar,
+                ):
                     while chunk := response.read(CHUNK_BYTES):
                         out.write(chunk)
                         received += len(chunk)

@@ -28,8 +28,12 @@ sys.path.insert(0, str(REPO))
 def parse_args(argv=None) -> argparse.Namespace:
     from crysray.filter.config import add_funnel_arguments
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="output directory of jobs/mass_sample.py")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--run", type=Path, required=True, help="output directory of jobs/mass_sample.py"
+    )
     add_funnel_arguments(p)
     return p.parse_args(argv)
 
@@ -64,11 +68,18 @@ def run(args) -> dict:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
-        stage = add_funnel_stage(units, config, run_dir, args.funnel_replicas, args.funnel_cpus, args.funnel_gpus)
+        stage = add_funnel_stage(
+            units, config, run_dir, args.funnel_replicas, args.funnel_cpus, args.funnel_gpus
+        )
         for _ in stage.iter_rows():
             pass
     counts = finalize_run(run_dir)
-    return {**counts, "hull": hull, "units_filtered_now": len(todo), "wall_seconds": time.perf_counter() - start}
+    return {
+        **counts,
+        "hull": hull,
+        "units_filtered_now": len(todo),
+        "wall_seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv=None) -> int:

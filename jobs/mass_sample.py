@@ -34,34 +34,73 @@ DEFAULT_CHECKPOINT = REPO / "checkpoints" / "crysbfn_perov5.pt"
 def parse_args(argv=None) -> argparse.Namespace:
     from crysray.filter.config import add_funnel_arguments
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--task", choices=["csp"], default="csp",
-                   help="csp: structures for the compositions in --compositions")
-    p.add_argument("--compositions", type=Path, default=None,
-                   help="text file of cell formulas (one per line) or a CDVAE CSV split; "
-                        "default: the Perov-5 test split")
-    p.add_argument("--max-atoms", type=int, default=None,
-                   help="largest cell to sample (default 200: the backbone's graph is fully connected, "
-                        "memory grows as atoms^2)")
-    p.add_argument("--skip-invalid-compositions", action="store_true",
-                   help="skip and count bad lines (unknown element, too many atoms) instead of stopping")
-    p.add_argument("--num-samples", type=int, default=None,
-                   help="rows to generate (default: one per composition); compositions are cycled")
+    p.add_argument(
+        "--task",
+        choices=["csp"],
+        default="csp",
+        help="csp: structures for the compositions in --compositions",
+    )
+    p.add_argument(
+        "--compositions",
+        type=Path,
+        default=None,
+        help="text file of cell formulas (one per line) or a CDVAE CSV split; "
+        "default: the Perov-5 test split",
+    )
+    p.add_argument(
+        "--max-atoms",
+        type=int,
+        default=None,
+        help="largest cell to sample (default 200: the backbone's graph is fully connected, "
+        "memory grows as atoms^2)",
+    )
+    p.add_argument(
+        "--skip-invalid-compositions",
+        action="store_true",
+        help="skip and count bad lines (unknown element, too many atoms) instead of stopping",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="rows to generate (default: one per composition); compositions are cycled",
+    )
     p.add_argument("--steps", type=int, default=10, help="network evaluations N per crystal")
     p.add_argument("--batch-size", type=int, default=256, help="crystals per network call")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: backbone under bfloat16 autocast (fast on AMX CPUs and tensor-core GPUs)")
-    p.add_argument("--unit-size", type=int, default=1024, help="crystals per work unit (and per file)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: backbone under bfloat16 autocast (fast on AMX CPUs and tensor-core GPUs)",
+    )
+    p.add_argument(
+        "--unit-size", type=int, default=1024, help="crystals per work unit (and per file)"
+    )
     p.add_argument("--replicas", type=int, default=1, help="model replicas (Ray actors)")
-    p.add_argument("--cpus-per-replica", type=float, default=None,
-                   help="CPUs reserved per replica (default: fits the local machine, see below)")
-    p.add_argument("--gpus-per-replica", type=float, default=None, help="default: 1 if the cluster has GPUs")
-    p.add_argument("--threads-per-replica", type=int, default=None, help="torch threads per replica")
+    p.add_argument(
+        "--cpus-per-replica",
+        type=float,
+        default=None,
+        help="CPUs reserved per replica (default: fits the local machine, see below)",
+    )
+    p.add_argument(
+        "--gpus-per-replica", type=float, default=None, help="default: 1 if the cluster has GPUs"
+    )
+    p.add_argument(
+        "--threads-per-replica", type=int, default=None, help="torch threads per replica"
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory (created, or resumed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--funnel", action="store_true", help="run the MatGL stability funnel as a pipeline stage")
+    p.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
+    )
+    p.add_argument(
+        "--funnel", action="store_true", help="run the MatGL stability funnel as a pipeline stage"
+    )
     add_funnel_arguments(p)
     return p.parse_args(argv)
 
@@ -87,16 +126,26 @@ def plan(args, funnel_config=None):
     validate(args)
     config = read_checkpoint(args.checkpoint)["config"]
     if config["method"]["task"] != args.task:
-        raise ValueError(f"{args.checkpoint} is a {config['method']['task']} model, not {args.task}")
-    limits = CompositionLimits(args.max_atoms or DEFAULT_MAX_ATOMS, config["net"]["max_atomic_number"])
-    compositions, skipped = read_targets(args.compositions or dataset_path("perov_5", "test"), limits,
-                                         args.skip_invalid_compositions)
+        raise ValueError(
+            f"{args.checkpoint} is a {config['method']['task']} model, not {args.task}"
+        )
+    limits = CompositionLimits(
+        args.max_atoms or DEFAULT_MAX_ATOMS, config["net"]["max_atomic_number"]
+    )
+    compositions, skipped = read_targets(
+        args.compositions or dataset_path("perov_5", "test"), limits, args.skip_invalid_compositions
+    )
     args.skipped_compositions = sum(skipped.values())
     spec = CampaignSpec(
-        task=args.task, checkpoint_hash=checkpoint_hash(args.checkpoint),
+        task=args.task,
+        checkpoint_hash=checkpoint_hash(args.checkpoint),
         compositions_digest=compositions_digest(compositions),
-        num_samples=args.num_samples or len(compositions), steps=args.steps, seed=args.seed,
-        unit_size=args.unit_size, batch_size=args.batch_size, precision=args.precision,
+        num_samples=args.num_samples or len(compositions),
+        steps=args.steps,
+        seed=args.seed,
+        unit_size=args.unit_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
     )
     if funnel_config is None:
         return spec, compositions, open_run(args.out, spec)
@@ -136,7 +185,9 @@ def run(args) -> dict:
     from crysray.sample.campaign import CampaignWorker
 
     # validated before anything is written
-    config = funnel_config_from_args(args, dataset_path("perov_5", "train")) if args.funnel else None
+    config = (
+        funnel_config_from_args(args, dataset_path("perov_5", "train")) if args.funnel else None
+    )
     spec, compositions, todo = plan(args, config)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
@@ -158,8 +209,11 @@ def run(args) -> dict:
             num_cpus=res["num_cpus"],
             num_gpus=res["num_gpus"],
             fn_constructor_kwargs={
-                "checkpoint": str(args.checkpoint.resolve()), "out_dir": str(args.out.resolve()),
-                "spec": spec.__dict__, "compositions": compositions, "threads": res["threads"],
+                "checkpoint": str(args.checkpoint.resolve()),
+                "out_dir": str(args.out.resolve()),
+                "spec": spec.__dict__,
+                "compositions": compositions,
+                "threads": res["threads"],
                 "device": "cuda" if res["num_gpus"] else "cpu",
             },
             max_restarts=-1,
@@ -168,10 +222,20 @@ def run(args) -> dict:
         if args.funnel:  # MatGL stage: its own actor pool, fed unit by unit as samples land
             from crysray.distributed import add_funnel_stage
 
-            summaries = add_funnel_stage(summaries, config, args.out, args.funnel_replicas,
-                                         args.funnel_cpus, args.funnel_gpus)
-        with tqdm(total=spec.num_samples, initial=spec.num_samples - _rows_to_do(spec, todo),
-                  unit="crystal", disable=None) as bar:
+            summaries = add_funnel_stage(
+                summaries,
+                config,
+                args.out,
+                args.funnel_replicas,
+                args.funnel_cpus,
+                args.funnel_gpus,
+            )
+        with tqdm(
+            total=spec.num_samples,
+            initial=spec.num_samples - _rows_to_do(spec, todo),
+            unit="crystal",
+            disable=None,
+        ) as bar:
             for summary in summaries.iter_rows():
                 bar.update(int(summary["rows"]))
                 arrivals.append((time.perf_counter(), int(summary["rows"])))
@@ -183,8 +247,12 @@ def run(args) -> dict:
         from crysray.filter.campaign import finalize_run
 
         print(json.dumps(finalize_run(args.out)["funnel"]))
-    return {**summarize(args.out, spec, todo, seconds), "steady_crystals_per_second": steady_rate(arrivals),
-            "failed_units": failed, "skipped_compositions": args.skipped_compositions}
+    return {
+        **summarize(args.out, spec, todo, seconds),
+        "steady_crystals_per_second": steady_rate(arrivals),
+        "failed_units": failed,
+        "skipped_compositions": args.skipped_compositions,
+    }
 
 
 def steady_rate(arrivals: list[tuple[float, int]]) -> float:
@@ -204,8 +272,9 @@ def summarize(out_dir: Path, spec, todo, seconds: float) -> dict:
 
     from crysray.sample.schema import SCHEMA
 
-    table = ds.dataset(out_dir / "data", format="parquet",
-                       schema=SCHEMA).to_table(columns=["sample_id", "valid_structure"])
+    table = ds.dataset(out_dir / "data", format="parquet", schema=SCHEMA).to_table(
+        columns=["sample_id", "valid_structure"]
+    )
     from crysray.sample.campaign import unit_path
 
     generated = _rows_to_do(spec, [u for u in todo if unit_path(out_dir, u).exists()])
@@ -230,13 +299,17 @@ def main(argv=None) -> int:
         print(f"mass_sample: error: {err}", file=sys.stderr)
         return 2
     steady = summary["steady_crystals_per_second"]
-    steady = "one unit: no steady rate" if steady != steady else f"{steady:.1f} after the first unit"
+    steady = (
+        "one unit: no steady rate" if math.isnan(steady) else f"{steady:.1f} after the first unit"
+    )
     lines = [
         "== crysray mass sampling ==",
         f"rows in dataset   {summary['rows']} ({summary['unique_ids']} unique sample_ids)",
         f"valid structures  {(summary['valid_fraction'] or 0):.1%}",
-        (f"generated now     {summary['generated_now']} in {summary['wall_seconds']:.1f} s "
-         f"({summary['crystals_per_second']:.1f} crystals/s end to end, {steady})"),
+        (
+            f"generated now     {summary['generated_now']} in {summary['wall_seconds']:.1f} s "
+            f"({summary['crystals_per_second']:.1f} crystals/s end to end, {steady})"
+        ),
         f"output            {summary['output']}",
     ]
     if summary["skipped_compositions"]:

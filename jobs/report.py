@@ -30,8 +30,16 @@ def load_rows(run: Path):
         table = funnel_table(run)
         unique_file = funnel / "unique.parquet"
         if unique_file.exists():
-            decided = dict(zip(*pq.read_table(unique_file, columns=["sample_id", "unique"]).to_pydict().values()))
-            table = with_uniqueness(table, [bool(decided.get(i, False)) for i in table["sample_id"].to_pylist()])
+            decided = dict(
+                zip(
+                    *pq.read_table(unique_file, columns=["sample_id", "unique"])
+                    .to_pydict()
+                    .values()
+                )
+            )
+            table = with_uniqueness(
+                table, [bool(decided.get(i, False)) for i in table["sample_id"].to_pylist()]
+            )
         return table
     return ds.dataset(run / "data", format="parquet").to_table()
 
@@ -91,23 +99,57 @@ def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
     table = load_rows(run)
     if table.num_rows == 0:
         raise ValueError(f"{run} holds no crystals")
-    report = {"run": str(run), "crystals": table.num_rows,
-              "valid_fraction": float(np.mean(table["valid_structure"].to_pylist())),
-              "elements": dict(element_counts(table).most_common()),
-              "space_groups": dict(space_groups(table, spacegroup_limit).most_common()),
-              "spacegroup_sample": min(spacegroup_limit, table.num_rows)}
-    plots = [plot(run, "elements.png", *zip(*list(report["elements"].items())[:40]), "Element frequency (top 40)", "element"),
-             plot(run, "spacegroups.png", *zip(*list(report["space_groups"].items())[:30]), "Space groups (valid crystals)", "space group")]
+    report = {
+        "run": str(run),
+        "crystals": table.num_rows,
+        "valid_fraction": float(np.mean(table["valid_structure"].to_pylist())),
+        "elements": dict(element_counts(table).most_common()),
+        "space_groups": dict(space_groups(table, spacegroup_limit).most_common()),
+        "spacegroup_sample": min(spacegroup_limit, table.num_rows),
+    }
+    plots = [
+        plot(
+            run,
+            "elements.png",
+            *zip(*list(report["elements"].items())[:40]),
+            "Element frequency (top 40)",
+            "element",
+        ),
+        plot(
+            run,
+            "spacegroups.png",
+            *zip(*list(report["space_groups"].items())[:30]),
+            "Space groups (valid crystals)",
+            "space group",
+        ),
+    ]
     if "pass_structure" in table.column_names:
         report["funnel"] = funnel_counts(table)
         stages = list(report["funnel"]["funnel"].items())
-        plots.append(plot(run, "funnel.png", ["generated"] + [s for s, _ in stages],
-                          [table.num_rows] + [c for _, c in stages], "Funnel: crystals passing each stage", "stage"))
+        plots.append(
+            plot(
+                run,
+                "funnel.png",
+                ["generated"] + [s for s, _ in stages],
+                [table.num_rows] + [c for _, c in stages],
+                "Funnel: crystals passing each stage",
+                "stage",
+            )
+        )
         e = [v for v in table["e_above_hull"].to_pylist() if v is not None and np.isfinite(v)]
         if e:
             report["e_above_hull_median"] = float(np.median(e))
-            plots.append(plot(run, "e_above_hull.png", None, np.clip(e, -0.5, 2.0), "Energy above hull (clipped to [-0.5, 2])",
-                              "eV/atom", hist=True))
+            plots.append(
+                plot(
+                    run,
+                    "e_above_hull.png",
+                    None,
+                    np.clip(e, -0.5, 2.0),
+                    "Energy above hull (clipped to [-0.5, 2])",
+                    "eV/atom",
+                    hist=True,
+                )
+            )
     report["plots"] = plots
     (run / "report.json").write_text(json.dumps(report, indent=1))
     (run / "report.md").write_text(markdown(report))
@@ -115,8 +157,12 @@ def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# crysray run report: {report['run']}", "",
-             f"- crystals: {report['crystals']}", f"- struct-valid: {report['valid_fraction']:.1%}"]
+    lines = [
+        f"# crysray run report: {report['run']}",
+        "",
+        f"- crystals: {report['crystals']}",
+        f"- struct-valid: {report['valid_fraction']:.1%}",
+    ]
     if "funnel" in report:
         f = report["funnel"]
         lines += ["", "| stage | passing (cumulative) |", "|---|---:|"]
@@ -124,8 +170,12 @@ def markdown(report: dict) -> str:
         if "sun" in f:
             lines += ["", f"S.U.N. (stable, unique, novel): {f['sun']} ({f['sun_fraction']:.2%})"]
         if "hull" in f:
-            lines += [f"Hull: {f['hull']}; stable calls resting on fewer than 5 reference "
-                      f"compounds (treat as guesses): {f['stable_on_thin_hull']}"]
+            lines += [
+                (
+                    f"Hull: {f['hull']}; stable calls resting on fewer than 5 reference "
+                    f"compounds (treat as guesses): {f['stable_on_thin_hull']}"
+                )
+            ]
     top = ", ".join(f"{k} ({v})" for k, v in list(report["space_groups"].items())[:8])
     lines += ["", f"Most common space groups (of {report['spacegroup_sample']}): {top}", ""]
     lines += [f"![{p}]({p})" for p in report["plots"]]
@@ -133,7 +183,9 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--spacegroup-limit", type=int, default=2000, help="crystals analysed by spglib")
     args = p.parse_args(argv)

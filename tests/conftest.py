@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from support import write_tiny_checkpoint
 
 

@@ -55,7 +55,9 @@ def materials_from_rows(frame: pd.DataFrame) -> list[dict]:
         )
         out.append(_record(str(row.material_id), structure, total))
     for el in sorted(elements):
-        out.append(_record(f"mp-ref-{el}", Structure(Lattice.cubic(3.0), [el], [[0, 0, 0]]), mu[el]))
+        out.append(
+            _record(f"mp-ref-{el}", Structure(Lattice.cubic(3.0), [el], [[0, 0, 0]]), mu[el])
+        )
     return out
 
 
@@ -63,7 +65,9 @@ def _record(material_id: str, structure: Structure, corrected: float) -> dict:
     adjustment = -0.05 * structure.composition.num_atoms  # served as MP serves corrections
     entry = ComputedStructureEntry(
         structure, corrected - adjustment, entry_id=f"{material_id}-GGA",
-        energy_adjustments=[ConstantEnergyAdjustment(adjustment, 0.0, name="MP2020 test correction")],
+        energy_adjustments=[
+            ConstantEnergyAdjustment(adjustment, 0.0, name="MP2020 test correction")
+        ],
     )  # fmt: skip
     return {"material_id": material_id, "entry": entry, "chemsys": _chemsys(structure.composition)}
 
@@ -188,8 +192,11 @@ def _matches(doc: dict, params: dict) -> bool:
         return False
     for name, field in (("nsites", "nsites"), ("energy_above_hull", "energy_above_hull")):
         low, high = params.get(f"{name}_min"), params.get(f"{name}_max")
-        if low is not None and doc[field] < float(low) or high is not None and doc[field] > float(high):
+        if (
+            low is not None
+            and doc[field] < float(low)
+            or high is not None
+            and doc[field] > float(high)
+        ):
             return False
-    if "theoretical" in params and doc["theoretical"] != (params["theoretical"] == "True"):
-        return False
-    return True
+    return "theoretical" not in params or doc["theoretical"] == (params["theoretical"] == "True")

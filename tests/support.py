@@ -10,8 +10,14 @@ from crysray.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = ["net.hidden_dim=32", "net.num_layers=1", "net.num_freqs=4", "net.time_dim=16",
-        "method.train_steps=[10]", "method.noise_bank_size=2048"]
+TINY = [
+    "net.hidden_dim=32",
+    "net.num_layers=1",
+    "net.num_freqs=4",
+    "net.time_dim=16",
+    "method.train_steps=[10]",
+    "method.noise_bank_size=2048",
+]
 
 
 def write_tiny_checkpoint(path: Path, overrides: list[str] = ()) -> Path:

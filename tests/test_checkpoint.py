@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import TINY, write_tiny_checkpoint
 
 from crysray.config import load_config
-from crysray.train.checkpoint import (CheckpointError, export_inference, load_model, read_checkpoint,
-                                      save_checkpoint)
+from crysray.train.checkpoint import (
+    CheckpointError,
+    export_inference,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 from crysray.train.loop import train
-from support import TINY, write_tiny_checkpoint
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -53,9 +58,11 @@ def test_resume_continues_and_refuses_a_different_model(tmp_path, monkeypatch):
     from crysray.data.csv import dataset_path, load_split
 
     table = load_split(dataset_path("perov_5", "val")).subset(range(32))
-    config = load_config("crysbfn_perov5", TINY + ["train.max_steps=4", "train.checkpoint_every=2",
-                                                   "train.threads=1"]).replace("data", lattice_std=2.0)
-    batches = lambda epoch: table.iterate_batches(8, shuffle=True, epoch=epoch)  # noqa: E731
+    config = load_config(
+        "crysbfn_perov5",
+        TINY + ["train.max_steps=4", "train.checkpoint_every=2", "train.threads=1"],
+    ).replace("data", lattice_std=2.0)
+    batches = lambda epoch: table.iterate_batches(8, shuffle=True, epoch=epoch)
     train(config, batches, tmp_path / "run.pt")
     first = read_checkpoint(tmp_path / "run.pt")
     assert first["step"] == 4 and [h["step"] for h in first["history"]] == [2, 4]
@@ -81,17 +88,28 @@ def test_resume_continues_where_the_data_left_off(tmp_path):
             def step(batch, generator):
                 trained[name].append(round(float(batch.frac_coords.sum()), 6))
                 return model(batch, generator)
+
             return step
+
         return wrap
 
-    batches = lambda epoch: table.iterate_batches(8, shuffle=True, epoch=epoch)  # noqa: E731
-    config = load_config("crysbfn_perov5", TINY + ["train.max_steps=10", "train.checkpoint_every=1",
-                                                   "train.threads=1"]).replace("data", lattice_std=2.0)
+    batches = lambda epoch: table.iterate_batches(8, shuffle=True, epoch=epoch)
+    config = load_config(
+        "crysbfn_perov5",
+        TINY + ["train.max_steps=10", "train.checkpoint_every=1", "train.threads=1"],
+    ).replace("data", lattice_std=2.0)
     train(config, batches, tmp_path / "whole.pt", wrap_model=recording("whole"))
     for stop in (3, 4, 10):
-        train(config.replace("train", max_steps=stop), batches, tmp_path / "parts.pt",
-              wrap_model=recording("parts"))
+        train(
+            config.replace("train", max_steps=stop),
+            batches,
+            tmp_path / "parts.pt",
+            wrap_model=recording("parts"),
+        )
         if stop == 3:
-            assert (read_checkpoint(tmp_path / "parts.pt")["epoch"], read_checkpoint(tmp_path / "parts.pt")["batch"]) == (0, 3)
+            assert (
+                read_checkpoint(tmp_path / "parts.pt")["epoch"],
+                read_checkpoint(tmp_path / "parts.pt")["batch"],
+            ) == (0, 3)
     assert len(trained["whole"]) == 10 and trained["parts"] == trained["whole"]
     assert read_checkpoint(tmp_path / "parts.pt")["epoch"] == 2

@@ -8,7 +8,6 @@ import jsonschema
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
-
 from support import REPO
 
 

@@ -1,4 +1,7 @@
-"""crysray.nets.cspnet via the CrysBFN denoiser: graph, symmetries, split edge layer (docs §4, §8.8)."""
+"""crysray.nets.cspnet via the CrysBFN denoiser: graph, symmetries, split edge layer.
+
+Spec: docs §4, §8.8.
+"""
 
 from __future__ import annotations
 
@@ -259,7 +262,7 @@ def test_split_edge_layer_equals_unsplit_linear(model, inputs, layer_index):
 
 def test_uniform_size_fast_path_equals_ragged_path(monkeypatch):
     """Batches of equal-size crystals take the broadcast path; it must equal the gather path."""
-    import crysray.nets.cspnet as cspnet
+    from crysray.nets import cspnet
 
     torch.manual_seed(3)
     net = cspnet.CSPNet(hidden=16, num_layers=2, num_freqs=4).double()

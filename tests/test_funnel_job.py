@@ -10,21 +10,35 @@ import sys
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-
 from support import REPO
 
 SHIPPED = REPO / "checkpoints" / "crysbfn_perov5.pt"
 
 
 def run(script: str, *args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "jobs" / script), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 @pytest.mark.slow
 def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
     out = tmp_path / "run"
-    sampled = run("mass_sample.py", "--checkpoint", SHIPPED, "--num-samples", 24, "--unit-size", 12, "--out", out)
+    sampled = run(
+        "mass_sample.py",
+        "--checkpoint",
+        SHIPPED,
+        "--num-samples",
+        24,
+        "--unit-size",
+        12,
+        "--out",
+        out,
+    )
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     args = ["--run", out, "--relax-steps", 40, "--hull", "local"]
     first = run("filter_stability.py", *args)
@@ -35,7 +49,9 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
 
     raw = ds.dataset(out / "data").to_table()
     funnel = ds.dataset(sorted((out / "funnel").glob("unit-*.parquet"))).to_table()
-    assert sorted(funnel["sample_id"].to_pylist()) == sorted(raw["sample_id"].to_pylist())  # nothing dropped
+    assert sorted(funnel["sample_id"].to_pylist()) == sorted(
+        raw["sample_id"].to_pylist()
+    )  # nothing dropped
     assert funnel["pass_structure"].to_pylist() == funnel["valid_structure"].to_pylist()
     summary = json.loads((out / "funnel" / "summary.json").read_text())
     assert summary["total"] == 24
@@ -48,18 +64,32 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
         if row["relax_status"] is not None:
             assert row["pass_structure"] and row["pass_composition"]
     unique = pq.read_table(out / "funnel" / "unique.parquet")
-    assert unique.num_rows == 24 and summary["passed"]["unique"] == sum(unique["unique"].to_pylist())
+    assert unique.num_rows == 24 and summary["passed"]["unique"] == sum(
+        unique["unique"].to_pylist()
+    )
 
     relaxed_rows = [r for r in funnel.to_pylist() if r["energy_per_atom"] is not None]
     assert relaxed_rows and all(r["hull_reference"] == "local" for r in relaxed_rows)
-    assert all(r["hull_reference_phases"] is not None for r in relaxed_rows if r["hull_status"] == "ok")
+    assert all(
+        r["hull_reference_phases"] is not None for r in relaxed_rows if r["hull_status"] == "ok"
+    )
 
     before = {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")}
     again = run("filter_stability.py", *args)
     assert again.returncode == 0 and json.loads(again.stdout)["units_filtered_now"] == 0
     assert {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")} == before
-    other = run("filter_stability.py", "--run", out, "--relax-steps", 40, "--hull", "mp", "--offline",
-                "--cache-dir", tmp_path / "empty-cache")
+    other = run(
+        "filter_stability.py",
+        "--run",
+        out,
+        "--relax-steps",
+        40,
+        "--hull",
+        "mp",
+        "--offline",
+        "--cache-dir",
+        tmp_path / "empty-cache",
+    )
     assert other.returncode == 2 and "Materials Project hull cache" in other.stderr
     changed = run("filter_stability.py", "--run", out, "--relax-steps", 60, "--hull", "local")
     assert changed.returncode == 2 and "relax_steps" in changed.stderr  # settings differ: refused
@@ -76,7 +106,10 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
 def test_funnel_job_rejects_a_directory_that_is_not_a_run(tmp_path):
     result = run("filter_stability.py", "--run", tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("filter_stability: error:") and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        result.stderr.strip().startswith("filter_stability: error:")
+        and len(result.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_mp_hull_without_a_key_is_one_line(tmp_path):
@@ -84,8 +117,21 @@ def test_mp_hull_without_a_key_is_one_line(tmp_path):
     sampled = run("mass_sample.py", "--checkpoint", REPO / "tests" / "none.pt", "--out", out)
     assert sampled.returncode == 2  # (a missing checkpoint is refused before anything is written)
     env_free = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "mass_sample.py"), "--out", str(out), "--funnel", "--hull", "mp",
-         "--num-samples", "2"], capture_output=True, text=True, timeout=300, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "jobs" / "mass_sample.py"),
+            "--out",
+            str(out),
+            "--funnel",
+            "--hull",
+            "mp",
+            "--num-samples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "MP_API_KEY"},
     )
     assert env_free.returncode == 2 and "MP_API_KEY" in env_free.stderr

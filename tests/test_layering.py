@@ -12,13 +12,15 @@ for name in ("pymatgen", "ray", "pyarrow", "matgl", "pandas"):
 import torch
 from crysray.methods.registry import build_method
 from crysray.config import load_config
-model = build_method(load_config("crysbfn_perov5", ["net.hidden_dim=16", "net.num_layers=1"]).replace(
-    "data", lattice_std=2.0))
+config = load_config("crysbfn_perov5", ["net.hidden_dim=16", "net.num_layers=1"])
+model = build_method(config.replace("data", lattice_std=2.0))
 print("ok", type(model).__name__)
 """
 
 
 def test_methods_import_without_pymatgen_or_ray():
-    result = subprocess.run([sys.executable, "-c", BLOCK], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok CrysBFN"

@@ -13,15 +13,20 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-
 from support import REPO
 
 JOB = [sys.executable, str(REPO / "jobs" / "mass_sample.py")]
 
 
 def run_job(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(JOB + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, **kwargs)
+    return subprocess.run(
+        JOB + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        **kwargs,
+    )
 
 
 def read_rows(out: Path):
@@ -37,8 +42,14 @@ def assert_exactly(out: Path, n: int) -> None:
 
 
 def start_job(*args) -> subprocess.Popen:
-    return subprocess.Popen(JOB + [str(a) for a in args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        JOB + [str(a) for a in args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_units(out: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -52,8 +63,22 @@ def wait_for_units(out: Path, count: int, proc: subprocess.Popen, timeout: float
 @pytest.mark.slow
 def test_two_replicas_write_exactly_n_unique_rows(tiny_checkpoint, formulas_file, tmp_path):
     out = tmp_path / "run"
-    result = run_job("--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 250,
-                     "--unit-size", 40, "--batch-size", 16, "--replicas", 2, "--out", out)
+    result = run_job(
+        "--checkpoint",
+        tiny_checkpoint,
+        "--compositions",
+        formulas_file,
+        "--num-samples",
+        250,
+        "--unit-size",
+        40,
+        "--batch-size",
+        16,
+        "--replicas",
+        2,
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert_exactly(out, 250)
     table = read_rows(out)
@@ -65,15 +90,34 @@ def test_two_replicas_write_exactly_n_unique_rows(tiny_checkpoint, formulas_file
 
 
 @pytest.mark.slow
-def test_killed_actor_and_killed_driver_still_end_with_exactly_n(tiny_checkpoint, formulas_file, tmp_path):
+def test_killed_actor_and_killed_driver_still_end_with_exactly_n(
+    tiny_checkpoint, formulas_file, tmp_path
+):
     out = tmp_path / "run"
-    args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 600,
-            "--unit-size", 20, "--batch-size", 20, "--steps", 40, "--replicas", 2, "--out", out]
+    args = [
+        "--checkpoint",
+        tiny_checkpoint,
+        "--compositions",
+        formulas_file,
+        "--num-samples",
+        600,
+        "--unit-size",
+        20,
+        "--batch-size",
+        20,
+        "--steps",
+        40,
+        "--replicas",
+        2,
+        "--out",
+        out,
+    ]
     proc = start_job(*args)
     wait_for_units(out, 2, proc)
     # only this job's processes: its session (start_new_session), never other Ray work by name
-    actors = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "MapWorker"], capture_output=True,
-                            text=True).stdout.split()
+    actors = subprocess.run(
+        ["pgrep", "-s", str(proc.pid), "-f", "MapWorker"], capture_output=True, text=True
+    ).stdout.split()
     assert actors, "no sampling actor found"
     os.kill(int(actors[0]), signal.SIGKILL)  # Ray restarts the actor and retries its unit
     wait_for_units(out, 8, proc)
@@ -92,7 +136,9 @@ def test_rerun_of_a_finished_run_changes_nothing(tiny_checkpoint, formulas_file,
     from crysray.train.checkpoint import checkpoint_hash
 
     comps = read_compositions(formulas_file)
-    spec = CampaignSpec("csp", checkpoint_hash(tiny_checkpoint), compositions_digest(comps), 30, 5, 7, 8, 8)
+    spec = CampaignSpec(
+        "csp", checkpoint_hash(tiny_checkpoint), compositions_digest(comps), 30, 5, 7, 8, 8
+    )
     todo = open_run(tmp_path, spec)
     assert todo == [0, 1, 2, 3]
     worker = CampaignWorker(str(tiny_checkpoint), str(tmp_path), spec.__dict__, comps, threads=1)
@@ -110,12 +156,30 @@ def test_rerun_of_a_finished_run_changes_nothing(tiny_checkpoint, formulas_file,
     assert open_run(tmp_path, spec) == [0, 2, 3]
 
 
-@pytest.mark.parametrize("case", ["missing_checkpoint", "unreadable_compositions", "bad_formula",
-                                  "unknown_element", "too_many_atoms", "zero_steps",
-                                  "zero_replicas", "other_run", "foreign_files"])
-def test_bad_input_fails_with_one_line_and_touches_nothing(case, tiny_checkpoint, formulas_file, tmp_path):
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_checkpoint",
+        "unreadable_compositions",
+        "bad_formula",
+        "unknown_element",
+        "too_many_atoms",
+        "zero_steps",
+        "zero_replicas",
+        "other_run",
+        "foreign_files",
+    ],
+)
+def test_bad_input_fails_with_one_line_and_touches_nothing(
+    case, tiny_checkpoint, formulas_file, tmp_path
+):
     out = tmp_path / "out"
-    args = {"--checkpoint": tiny_checkpoint, "--compositions": formulas_file, "--out": out, "--steps": 5}
+    args = {
+        "--checkpoint": tiny_checkpoint,
+        "--compositions": formulas_file,
+        "--out": out,
+        "--steps": 5,
+    }
     if case == "missing_checkpoint":
         args["--checkpoint"] = tmp_path / "nope.pt"
     elif case == "unreadable_compositions":
@@ -128,21 +192,23 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(case, tiny_checkpoint
         args["--compositions"] = bad
     elif case in ("unknown_element", "too_many_atoms"):
         bad = tmp_path / "bad.txt"
-        bad.write_text("SrTiO3\n" + ("Xx2O3" if case == "unknown_element" else "Fe1000O1500") + "\nNaCl\n")
+        bad.write_text(
+            "SrTiO3\n" + ("Xx2O3" if case == "unknown_element" else "Fe1000O1500") + "\nNaCl\n"
+        )
         args["--compositions"] = bad
     elif case == "zero_steps":
         args["--steps"] = 0
     elif case == "zero_replicas":
         args["--replicas"] = 0
     elif case == "other_run":
-        first = run_job(*sum(([k, v] for k, v in {**args, "--num-samples": 3}.items()), []))
+        first = run_job(*[x for k, v in {**args, "--num-samples": 3}.items() for x in (k, v)])
         assert first.returncode == 0, first.stderr[-2000:]
         args["--seed"] = 99
     elif case == "foreign_files":
         out.mkdir()
         (out / "thesis.tex").write_text("precious")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} if out.exists() else {}
-    result = run_job(*sum(([k, v] for k, v in args.items()), []))
+    result = run_job(*[x for k, v in args.items() for x in (k, v)])
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("mass_sample: error:"), result.stderr
@@ -158,8 +224,17 @@ def test_invalid_compositions_can_be_skipped_and_counted(tiny_checkpoint, tmp_pa
     formulas = tmp_path / "f.txt"
     formulas.write_text("SrTiO3\nXx2O3\nFe1000O1500\nNaCl\n")
     out = tmp_path / "run"
-    result = run_job("--checkpoint", tiny_checkpoint, "--compositions", formulas, "--steps", 3,
-                     "--skip-invalid-compositions", "--out", out)
+    result = run_job(
+        "--checkpoint",
+        tiny_checkpoint,
+        "--compositions",
+        formulas,
+        "--steps",
+        3,
+        "--skip-invalid-compositions",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped           2 invalid compositions" in result.stdout
     assert sorted(read_rows(out).column("formula").to_pylist()) == ["NaCl", "SrTiO3"]
@@ -183,7 +258,9 @@ sampler.CrystalSampler.sample_unit = sample_unit
 
 
 @pytest.mark.slow
-def test_a_unit_that_keeps_failing_is_given_up_and_the_rest_finishes(tiny_checkpoint, formulas_file, tmp_path):
+def test_a_unit_that_keeps_failing_is_given_up_and_the_rest_finishes(
+    tiny_checkpoint, formulas_file, tmp_path
+):
     from crysray.sample.campaign import DIED, MAX_UNIT_ATTEMPTS
 
     hooks = tmp_path / "hooks"
@@ -191,8 +268,20 @@ def test_a_unit_that_keeps_failing_is_given_up_and_the_rest_finishes(tiny_checkp
     (hooks / "sitecustomize.py").write_text(SABOTAGE)  # loaded by the driver and every Ray worker
     env = {**os.environ, "PYTHONPATH": str(hooks)}
     out = tmp_path / "run"
-    args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 40,
-            "--unit-size", 10, "--steps", 3, "--out", out]
+    args = [
+        "--checkpoint",
+        tiny_checkpoint,
+        "--compositions",
+        formulas_file,
+        "--num-samples",
+        40,
+        "--unit-size",
+        10,
+        "--steps",
+        3,
+        "--out",
+        out,
+    ]
     result = run_job(*args, env=env)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "FAILED unit 1  RuntimeError: this unit always fails" in result.stdout
@@ -205,7 +294,10 @@ def test_a_unit_that_keeps_failing_is_given_up_and_the_rest_finishes(tiny_checkp
     assert attempts["attempts"] == MAX_UNIT_ATTEMPTS  # bounded, not retried forever
     before = {p.name: p.read_bytes() for p in (out / "data").glob("*.parquet")}
     again = run_job(*args, env=env)  # a rerun resumes: the given-up units stay given up
-    assert again.returncode == 1 and {p.name: p.read_bytes() for p in (out / "data").glob("*.parquet")} == before
+    assert (
+        again.returncode == 1
+        and {p.name: p.read_bytes() for p in (out / "data").glob("*.parquet")} == before
+    )
 
 
 def test_rows_turn_back_into_structures_and_files(tiny_checkpoint, formulas_file, tmp_path):
@@ -213,11 +305,17 @@ def test_rows_turn_back_into_structures_and_files(tiny_checkpoint, formulas_file
     from crysray.sample.sampler import CrystalSampler
     from crysray.sample.schema import rows_to_structures, write_structures
 
-    table = CrystalSampler(str(tiny_checkpoint), steps=3, threads=1).sample_unit(0, 0, read_compositions(formulas_file))
+    table = CrystalSampler(str(tiny_checkpoint), steps=3, threads=1).sample_unit(
+        0, 0, read_compositions(formulas_file)
+    )
     structures = rows_to_structures(table)
-    assert [s.composition.reduced_formula for s in structures] == table.column("formula").to_pylist()
+    assert [s.composition.reduced_formula for s in structures] == table.column(
+        "formula"
+    ).to_pylist()
     assert write_structures(table, tmp_path / "cif") == 4
-    assert sorted(p.stem for p in (tmp_path / "cif").glob("*.cif")) == sorted(table.column("sample_id").to_pylist())
+    assert sorted(p.stem for p in (tmp_path / "cif").glob("*.cif")) == sorted(
+        table.column("sample_id").to_pylist()
+    )
     assert write_structures(table, tmp_path / "xyz", fmt="extxyz") == 4
     from ase.io import read
 

@@ -22,23 +22,41 @@ def two_perovskites():
 @pytest.mark.slow
 def test_tiny_model_memorises_two_crystals(two_perovskites, tmp_path):
     table = two_perovskites
-    config = load_config("crysbfn_perov5", [
-        "net.hidden_dim=64", "net.num_layers=2", "net.num_freqs=8", "net.time_dim=32",
-        "method.train_steps=[10]", "method.noise_bank_size=4096",
-        "train.max_steps=4000", "train.lr=3e-3", "train.min_lr=3e-4", "train.ema_start=2000",
-        "train.ema_decay=0.99", "train.checkpoint_every=4000", "train.log_every=100000", "train.threads=1",
-    ]).replace("data", lattice_std=table.lattice_std())
+    config = load_config(
+        "crysbfn_perov5",
+        [
+            "net.hidden_dim=64",
+            "net.num_layers=2",
+            "net.num_freqs=8",
+            "net.time_dim=32",
+            "method.train_steps=[10]",
+            "method.noise_bank_size=4096",
+            "train.max_steps=4000",
+            "train.lr=3e-3",
+            "train.min_lr=3e-4",
+            "train.ema_start=2000",
+            "train.ema_decay=0.99",
+            "train.checkpoint_every=4000",
+            "train.log_every=100000",
+            "train.threads=1",
+        ],
+    ).replace("data", lattice_std=table.lattice_std())
     # each "epoch" is the crystals repeated, so a batch sees every crystal many times
     repeated = table.subset(list(range(len(table))) * 32)
-    result = train(config, lambda epoch: repeated.iterate_batches(64, shuffle=True, epoch=epoch),
-                   tmp_path / "run.pt")
+    result = train(
+        config,
+        lambda epoch: repeated.iterate_batches(64, shuffle=True, epoch=epoch),
+        tmp_path / "run.pt",
+    )
     assert result["step"] == 4000
     export_inference(tmp_path / "run.pt", tmp_path / "model.pt")
 
     sampler = CrystalSampler(str(tmp_path / "model.pt"), steps=10, device="cpu")
     k = 8
-    candidates = [rows_to_structures(sampler.sample_unit(j, seed=0, compositions=table_compositions(table)))
-                  for j in range(k)]
+    candidates = [
+        rows_to_structures(sampler.sample_unit(j, seed=0, compositions=table_compositions(table)))
+        for j in range(k)
+    ]
     predictions = [[candidates[j][b] for j in range(k)] for b in range(len(table))]
     metrics = match_rate_rmse(predictions, table.structures(), workers=1)
     assert metrics["match_rate_at_k"] == 1.0, metrics  # every crystal is found among its k samples

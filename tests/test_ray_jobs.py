@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import torch
-
 from support import REPO, TINY
+
 from crysray.resources import dataset_file
 from crysray.sample.sampler import Composition, CrystalSampler
 from crysray.train.checkpoint import read_checkpoint
@@ -30,15 +30,32 @@ def test_ray_train_two_workers_checkpoint_loads_and_samples(tmp_path):
     for split in ("train", "val"):  # parse once here; both workers then read the Parquet cache
         load_split(dataset_path("perov_5", split))
     export = tmp_path / "model.pt"
-    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), "--workers", "2", "--storage", str(tmp_path / "ray"),
-           "--name", "t", "--export", str(export), *TINY, "train.max_steps=12", "train.batch_size=32"]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "train.py"),
+        "--workers",
+        "2",
+        "--storage",
+        str(tmp_path / "ray"),
+        "--name",
+        "t",
+        "--export",
+        str(export),
+        *TINY,
+        "train.max_steps=12",
+        "train.batch_size=32",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     payload = read_checkpoint(export)
     assert payload["step"] == 12 and set(payload) >= {"config", "ema"}
-    assert payload["config"]["data"]["lattice_std"] == pytest.approx(1.9619, abs=1e-3)  # from the split
+    assert payload["config"]["data"]["lattice_std"] == pytest.approx(
+        1.9619, abs=1e-3
+    )  # from the split
     sampler = CrystalSampler(str(export), steps=5, device="cpu")
-    table = sampler.sample_unit(0, 0, [Composition("sto", torch.tensor([38, 22, 8, 8, 8]).numpy())] * 3)
+    table = sampler.sample_unit(
+        0, 0, [Composition("sto", torch.tensor([38, 22, 8, 8, 8]).numpy())] * 3
+    )
     assert table.num_rows == 3 and set(table.column("formula").to_pylist()) == {"SrTiO3"}
     # the run directory holds Ray Train's checkpoint of the last report
     assert list((tmp_path / "ray" / "t").glob("checkpoint_*/checkpoint.pt"))
@@ -68,22 +85,48 @@ def ray_head():
     temp_dir = Path(tempfile.mkdtemp(prefix="crysray-ray-"))
     ports = _free_ports(9)
     gcs, dashboard, client, agent, agent_grpc, metrics, runtime_env, node_mgr, objects = ports
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "RAY_ADDRESS", "CRYSRAY_DATA_DIR", "CRYSRAY_MATGL_DIR",
-                        "CRYSRAY_MATGL_MODEL", "CRYSRAY_DATA_URL", "CRYSRAY_MATGL_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "RAY_ADDRESS",
+            "CRYSRAY_DATA_DIR",
+            "CRYSRAY_MATGL_DIR",
+            "CRYSRAY_MATGL_MODEL",
+            "CRYSRAY_DATA_URL",
+            "CRYSRAY_MATGL_URL",
+        )
+    }
     env["RAY_AUTH_MODE"] = "token"
-    start = ["ray", "start", "--head", "--block", f"--temp-dir={temp_dir}",
-             "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-             f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_mgr}",
-             f"--object-manager-port={objects}", "--min-worker-port=0", "--max-worker-port=0",
-             "--num-cpus=2", "--disable-usage-stats"]
+    start = [
+        "ray",
+        "start",
+        "--head",
+        "--block",
+        f"--temp-dir={temp_dir}",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--node-manager-port={node_mgr}",
+        f"--object-manager-port={objects}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+    ]
     log = temp_dir / "ray-start.log"
     with open(log, "w") as out:
-        head = subprocess.Popen(start, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        head = subprocess.Popen(
+            start, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 180
         while "block forever" not in log.read_text():
@@ -117,12 +160,33 @@ def _stop_head(head: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_ray_job_submit_mass_sample(ray_head, tiny_checkpoint, formulas_file, tmp_path):
     out = tmp_path / "out"
-    cmd = ["ray", "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--",
-           "python", "jobs/mass_sample.py", "--checkpoint", str(tiny_checkpoint), "--compositions",
-           str(formulas_file), "--num-samples", "30", "--unit-size", "10", "--replicas", "2",
-           "--out", str(out)]
-    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env=ray_head["env"])
+    cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/mass_sample.py",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--compositions",
+        str(formulas_file),
+        "--num-samples",
+        "30",
+        "--unit-size",
+        "10",
+        "--replicas",
+        "2",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=ray_head["env"]
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     table = ds.dataset(out / "data", format="parquet").to_table()
@@ -135,11 +199,27 @@ def test_readme_cluster_command_finds_data_from_the_working_dir_copy(ray_head, t
     repository root, defaults only: shipped checkpoint, Perov-5 test compositions found without
     any data path set (the job runs a copy of the repository that has no ../shared)."""
     out = tmp_path / "out"
-    cmd = ["ray", "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--",
-           "python", "jobs/mass_sample.py", "--num-samples", "6", "--unit-size", "3",
-           "--out", str(out)]
-    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env=ray_head["env"])
+    cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/mass_sample.py",
+        "--num-samples",
+        "6",
+        "--unit-size",
+        "3",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=ray_head["env"]
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     table = ds.dataset(out / "data", format="parquet").to_table()

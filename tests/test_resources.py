@@ -78,8 +78,14 @@ def server():
 @pytest.fixture
 def fresh_machine(tmp_path, monkeypatch):
     """No env folders, no ../shared, an empty cache, downloads allowed, no retry waits."""
-    for var in ("CRYSRAY_DATA_DIR", "CRYSRAY_MATGL_DIR", "CRYSRAY_MATGL_MODEL", "CRYSRAY_OFFLINE",
-                "CRYSRAY_DATA_URL", "CRYSRAY_MATGL_URL"):
+    for var in (
+        "CRYSRAY_DATA_DIR",
+        "CRYSRAY_MATGL_DIR",
+        "CRYSRAY_MATGL_MODEL",
+        "CRYSRAY_OFFLINE",
+        "CRYSRAY_DATA_URL",
+        "CRYSRAY_MATGL_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CRYSRAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(res, "shared_dirs", list)
@@ -111,8 +117,9 @@ def _files_under(folder: Path) -> list[Path]:
 
 @needs_shared
 @pytest.mark.parametrize("dataset, split", [("perov_5", "test"), ("mp_20_pilot", "val")])
-def test_download_lands_verified_in_the_cache_and_loads(dataset, split, server, fresh_machine,
-                                                        monkeypatch):
+def test_download_lands_verified_in_the_cache_and_loads(
+    dataset, split, server, fresh_machine, monkeypatch
+):
     """perov_5: git blob id of a plain CSV; mp_20_pilot: sha256 of a gzipped CSV."""
     path = _serve_data(server, monkeypatch, dataset, split)
     got = dataset_file(dataset, split)
@@ -194,8 +201,11 @@ def test_unknown_split_fails_without_trying_the_network(fresh_machine, server, m
 
 def test_lookup_order_env_then_shared_then_cache(tmp_path, fresh_machine, monkeypatch):
     monkeypatch.setenv("CRYSRAY_OFFLINE", "1")
-    places = {"env": tmp_path / "env", "shared": tmp_path / "shared" / "data",
-              "cache": fresh_machine / "data"}
+    places = {
+        "env": tmp_path / "env",
+        "shared": tmp_path / "shared" / "data",
+        "cache": fresh_machine / "data",
+    }
     for name, folder in places.items():
         (folder / "perov_5").mkdir(parents=True)
         (folder / "perov_5" / "test.csv").write_text(name)
@@ -241,8 +251,9 @@ def test_matgl_lookup_order(tmp_path, fresh_machine, monkeypatch):
 
 
 @needs_shared
-def test_matgl_model_download_verified_and_loaded_through_crysray(server, fresh_machine,
-                                                                   monkeypatch):
+def test_matgl_model_download_verified_and_loaded_through_crysray(
+    server, fresh_machine, monkeypatch
+):
     for file in res.MATGL_FILES:
         body = (SHARED / "matgl" / M3GNET / file).read_bytes()
         server.files[f"/pretrained/{M3GNET}/{file}"] = body
@@ -315,8 +326,9 @@ def test_installed_checkout_read_from_direct_url(monkeypatch):
     assert res.installed_checkout() == Path("/opt/src/crysray")
     # a source tree's egg-info (no record) shadows the installed one: the record is still found
     monkeypatch.setattr(res.importlib.metadata, "distribution", lambda _: Dist(None))
-    monkeypatch.setattr(res.importlib.metadata, "distributions",
-                        lambda **_: [Dist(None), Dist(json.dumps(record))])
+    monkeypatch.setattr(
+        res.importlib.metadata, "distributions", lambda **_: [Dist(None), Dist(json.dumps(record))]
+    )
     assert res.installed_checkout() == Path("/opt/src/crysray")
     monkeypatch.setattr(res.importlib.metadata, "distributions", lambda **_: [])
     record = {"url": "https://example.org/crysray.tar.gz", "archive_info": {}}
@@ -332,22 +344,35 @@ def test_a_copy_of_the_repository_finds_shared_through_the_installed_checkout(tm
     if installed is None or not (installed.parent / "shared" / "data").is_dir():
         pytest.skip("crysray is not installed from a checkout with ../shared")
     copy = tmp_path / "working_dir_files" / "_ray_pkg_0123"
-    shutil.copytree(REPO / "crysray", copy / "crysray",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import crysray.resources as r; print(r.__file__); "
-            "print(r.dataset_file('perov_5', 'test'))")
-    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=copy, capture_output=True,
-                         text=True,
-                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-                              "PYTHONPATH": str(copy), "CRYSRAY_OFFLINE": "1"}, timeout=120)
+    shutil.copytree(
+        REPO / "crysray", copy / "crysray", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    code = (
+        "import crysray.resources as r; print(r.__file__); print(r.dataset_file('perov_5', 'test'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(copy),
+            "CRYSRAY_OFFLINE": "1",
+        },
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     module, found = out.stdout.split()
     assert Path(module).is_relative_to(copy)
     assert Path(found) == installed.parent / "shared" / "data" / "perov_5" / "test.csv"
 
 
-def test_cli_turns_a_missing_dataset_into_one_error_line(fresh_machine, monkeypatch, capsys,
-                                                        tmp_path):
+def test_cli_turns_a_missing_dataset_into_one_error_line(
+    fresh_machine, monkeypatch, capsys, tmp_path
+):
     monkeypatch.setenv("CRYSRAY_OFFLINE", "1")
     monkeypatch.syspath_prepend(str(REPO / "jobs"))  # as when run as a script
     script = REPO / "jobs" / "mass_sample.py"

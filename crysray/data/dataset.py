@@ -148,8 +148,15 @@ class CrystalTable:
         world_size, so shards are disjoint apart from the padding and equal in length, and
         every rank yields the same number of batches.
         """
-        batches = self.batch_indices(batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                                     world_size=world_size, drop_last=drop_last)
+        batches = self.batch_indices(
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
         return (self.batch(idx) for idx in batches)
 
     def lattice_std(self) -> float:

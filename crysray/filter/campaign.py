@@ -79,7 +79,9 @@ class FunnelUnitWorker:
 
     def run_unit(self, unit: int) -> Path | None:
         out = funnel_path(self.run_dir, unit)
-        if not unit_path(self.run_dir, unit).exists():  # sampling gave this unit up: nothing to filter
+        if not unit_path(
+            self.run_dir, unit
+        ).exists():  # sampling gave this unit up: nothing to filter
             return None
         if not out.exists():  # done by an earlier attempt
             table = self.funnel(pq.read_table(unit_path(self.run_dir, unit)))
@@ -89,7 +91,9 @@ class FunnelUnitWorker:
 
 
 def sampled_units(run_dir: str | Path) -> list[int]:
-    return sorted(int(p.stem.split("-")[1]) for p in (Path(run_dir) / DATA_DIR).glob("unit-*.parquet"))
+    return sorted(
+        int(p.stem.split("-")[1]) for p in (Path(run_dir) / DATA_DIR).glob("unit-*.parquet")
+    )
 
 
 def pending_funnel_units(run_dir: str | Path) -> list[int]:
@@ -101,8 +105,13 @@ def finalize_run(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     table = funnel_table(run_dir)
     unique, duplicate_of = run_uniqueness(table)
-    decided = pa.table({"sample_id": table["sample_id"], "unique": unique,
-                        "duplicate_of": pa.array(duplicate_of, pa.string())})
+    decided = pa.table(
+        {
+            "sample_id": table["sample_id"],
+            "unique": unique,
+            "duplicate_of": pa.array(duplicate_of, pa.string()),
+        }
+    )
     with atomic_path(run_dir / FUNNEL_DIR / "unique.parquet") as tmp:
         pq.write_table(decided, tmp)
     full = with_uniqueness(table, unique)
@@ -129,7 +138,9 @@ def with_uniqueness(table: pa.Table, unique) -> pa.Table:
 def run_uniqueness(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
     """Uniqueness among structurally valid rows, in sample order, grouped by reduced formula."""
     valid = bools(table["pass_structure"])
-    order = np.argsort(np.asarray(table["sample_id"].to_pylist(), dtype=object).astype(str), kind="stable")
+    order = np.argsort(
+        np.asarray(table["sample_id"].to_pylist(), dtype=object).astype(str), kind="stable"
+    )
     unique = np.zeros(table.num_rows, dtype=bool)
     duplicate_of: list[str | None] = [None] * table.num_rows
     groups = defaultdict(list)

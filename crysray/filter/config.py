@@ -66,12 +66,19 @@ def add_funnel_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
             group.add_argument(flag, type=kind, default=default, help=HELP[f.name])
-    group.add_argument("--mp-api-key", default=None,
-                       help="Materials Project API key (default: $MP_API_KEY); never written")
+    group.add_argument(
+        "--mp-api-key",
+        default=None,
+        help="Materials Project API key (default: $MP_API_KEY); never written",
+    )
     group.add_argument("--funnel-replicas", type=int, default=1, help="MatGL actors")
     group.add_argument("--funnel-cpus", type=float, default=None, help="CPUs per funnel actor")
-    group.add_argument("--funnel-gpus", type=float, default=None,
-                       help="GPUs per funnel actor (default: 1 if the cluster has GPUs)")
+    group.add_argument(
+        "--funnel-gpus",
+        type=float,
+        default=None,
+        help="GPUs per funnel actor (default: 1 if the cluster has GPUs)",
+    )
 
 
 def funnel_config_from_args(args: argparse.Namespace, default_training=None) -> FunnelConfig:

@@ -19,9 +19,7 @@ def open_hull(config: FunnelConfig) -> HullReference:
     return LocalHull.build(cache_dir=config.cache_dir)
 
 
-def prepare_hull(
-    config: FunnelConfig, formulas: Iterable[str], api_key: str | None = None
-) -> dict:
+def prepare_hull(config: FunnelConfig, formulas: Iterable[str], api_key: str | None = None) -> dict:
     """Fill the hull's cache for the chemical systems of ``formulas``; what it is, for manifests.
 
     ``mp`` fetches the systems the cache lacks (never with ``config.offline``); ``local``

@@ -106,7 +106,9 @@ def hull_rows(paths: list[Path], cache_dir=None) -> pd.DataFrame:
     digest = hashlib.sha256(ROWS_VERSION.encode())
     for blob in blobs:
         digest.update(hashlib.sha256(blob).digest())
-    cache = Path(cache_dir or default_cache_dir()) / "hull-local" / f"{digest.hexdigest()[:24]}.parquet"
+    cache = (
+        Path(cache_dir or default_cache_dir()) / "hull-local" / f"{digest.hexdigest()[:24]}.parquet"
+    )
     if cache.is_file():
         return pq.read_table(cache).to_pandas()
     frames = [_rows_of(path, blob) for path, blob in zip(paths, blobs)]

@@ -18,5 +18,7 @@ def build_method(config: RunConfig):
     try:
         constructor = METHODS[config.method.name]
     except KeyError:
-        raise ValueError(f"unknown method {config.method.name!r}; known: {sorted(METHODS)}") from None
+        raise ValueError(
+            f"unknown method {config.method.name!r}; known: {sorted(METHODS)}"
+        ) from None
     return constructor(config)

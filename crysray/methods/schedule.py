@@ -47,7 +47,11 @@ def target_concentrations(steps: int, beta1: float) -> np.ndarray:
             betas[i - 1] = beta1
             continue
         betas[i - 1] = optimize.brentq(
-            lambda k: float(von_mises_entropy(k)) - target, 0.0, beta1, xtol=1e-12, rtol=1e-12
+            lambda k, target=target: float(von_mises_entropy(k)) - target,
+            0.0,
+            beta1,
+            xtol=1e-12,
+            rtol=1e-12,
         )
     return betas
 
@@ -63,7 +67,11 @@ def solve_alphas(steps: int, beta1: float) -> np.ndarray:
         while expected_resultant(prev, hi) < target:
             hi *= 2.0
         alphas[i] = optimize.brentq(
-            lambda a: expected_resultant(prev, a) - target, lo, hi, xtol=1e-12, rtol=1e-10
+            lambda a, prev=prev, target=target: expected_resultant(prev, a) - target,
+            lo,
+            hi,
+            xtol=1e-12,
+            rtol=1e-10,
         )
     return alphas
 

@@ -21,7 +21,9 @@ from torch import nn
 from crysray.types import segment_mean
 
 
-def fully_connected_edges(num_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fully_connected_edges(
+    num_atoms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All ordered pairs (i, j), self-loops included, inside each crystal.
 
     Returns (src, dst, edge_crystal), each (E,) long with E = sum(n_b^2); edges are grouped by

@@ -68,7 +68,12 @@ class CampaignSpec:
 def compositions_digest(compositions: list[Composition]) -> str:
     h = hashlib.sha256()
     for c in compositions:
-        h.update(c.source_id.encode() + b"\0" + np.asarray(c.atomic_numbers, dtype=np.int64).tobytes() + b"\n")
+        h.update(
+            c.source_id.encode()
+            + b"\0"
+            + np.asarray(c.atomic_numbers, dtype=np.int64).tobytes()
+            + b"\n"
+        )
     return h.hexdigest()[:16]
 
 
@@ -87,11 +92,18 @@ def open_run(out_dir: str | Path, spec: CampaignSpec) -> list[int]:
         saved = json.loads(manifest.read_text())
         saved.pop("failed_units", None)
         if saved != asdict(spec):
-            diff = sorted(k for k in saved.keys() | asdict(spec).keys() if saved.get(k) != asdict(spec).get(k))
-            raise RunDirectoryError(f"{out_dir} holds another run's files (differs in: {', '.join(diff)}); "
-                                    "choose a new output directory")
+            diff = sorted(
+                k for k in saved.keys() | asdict(spec).keys() if saved.get(k) != asdict(spec).get(k)
+            )
+            raise RunDirectoryError(
+                f"{out_dir} holds another run's files (differs in: {', '.join(diff)}); "
+                "choose a new output directory"
+            )
     elif out_dir.exists() and any(out_dir.iterdir()):
-        raise RunDirectoryError(f"{out_dir} is not empty and is not a crysray sampling run; choose a new output directory")
+        raise RunDirectoryError(
+            f"{out_dir} is not empty and is not a crysray sampling run; "
+            "choose a new output directory"
+        )
     else:
         (out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
         write_text_atomic(manifest, json.dumps(asdict(spec), indent=1))
@@ -139,7 +151,9 @@ def finished_units(out_dir: str | Path) -> list[int]:
 def write_unit(out_dir: Path, unit: int, table: pa.Table, metadata: dict[bytes, bytes]) -> None:
     """Atomic: readers and resumes only ever see complete unit files."""
     with atomic_path(unit_path(out_dir, unit)) as tmp:
-        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
+        pq.write_table(
+            table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp
+        )
 
 
 class CampaignWorker:
@@ -149,15 +163,25 @@ class CampaignWorker:
     its memory stays bounded whatever the number of samples.
     """
 
-    def __init__(self, checkpoint: str, out_dir: str, spec: dict, compositions: list[Composition],
-                 threads: int | None = None, device: str | None = None):
+    def __init__(
+        self,
+        checkpoint: str,
+        out_dir: str,
+        spec: dict,
+        compositions: list[Composition],
+        threads: int | None = None,
+        device: str | None = None,
+    ):
         self.spec = CampaignSpec(**spec)
         self.out_dir = Path(out_dir)
         self.compositions = compositions
-        self.sampler = CrystalSampler(checkpoint, self.spec.steps, self.spec.batch_size, device, threads,
-                                      self.spec.precision)
-        self.metadata = {b"crysray_schema_version": SCHEMA.metadata[b"crysray_schema_version"],
-                         b"crysray_run": json.dumps(spec).encode()}
+        self.sampler = CrystalSampler(
+            checkpoint, self.spec.steps, self.spec.batch_size, device, threads, self.spec.precision
+        )
+        self.metadata = {
+            b"crysray_schema_version": SCHEMA.metadata[b"crysray_schema_version"],
+            b"crysray_run": json.dumps(spec).encode(),
+        }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         summaries = [self.run_unit(int(u)) for u in batch["unit"]]
@@ -168,8 +192,9 @@ class CampaignWorker:
         start_time = time.perf_counter()
         path = unit_path(self.out_dir, unit)
         if path.exists():  # finished by an earlier attempt of this unit
-            valid = pq.read_table(path, columns=["valid_structure"]).column(0)
-            return {"unit": unit, "rows": len(valid), "valid": int(pa.compute.sum(valid).as_py() or 0),
+            flags = pq.read_table(path, columns=["valid_structure"]).column(0)
+            valid = int(pa.compute.sum(flags).as_py() or 0)
+            return {"unit": unit, "rows": len(flags), "valid": valid,
                     "seconds": 0.0, "failed": False}  # fmt: skip
         table = self._sample_with_attempts(unit)
         if table is None:

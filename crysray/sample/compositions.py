@@ -14,7 +14,6 @@ from crysray.data.csv import load_split
 from crysray.data.dataset import CrystalTable
 from crysray.sample.sampler import Composition
 
-
 DEFAULT_MAX_ATOMS = 200  # CSPNet's graph is fully connected: memory grows with n_atoms^2
 
 
@@ -55,7 +54,9 @@ def read_targets(
             continue
         out.append(target)
     if not out:
-        raise ValueError(f"composition file {path} holds no usable formulas ({sum(skipped.values())} skipped)")
+        raise ValueError(
+            f"composition file {path} holds no usable formulas ({sum(skipped.values())} skipped)"
+        )
     return out, skipped
 
 
@@ -64,7 +65,9 @@ def _target_makers(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"composition file not found: {path}")
     if path.name.endswith((".csv", ".csv.gz")):
-        return [(f"{path}: {c.source_id}", lambda c=c: c) for c in table_compositions(load_split(path))]
+        return [
+            (f"{path}: {c.source_id}", lambda c=c: c) for c in table_compositions(load_split(path))
+        ]
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
@@ -103,7 +106,7 @@ def formula_atoms(formula: str, where: str = "") -> np.ndarray:
             raise ValueError(f"{where}: unknown element {element.symbol!r} in {formula!r}")
         if amount <= 0 or abs(amount - round(amount)) > 1e-8:
             raise ValueError(f"{where}: formula {formula!r} needs whole numbers of atoms")
-        atoms += [element.Z] * int(round(amount))
+        atoms += [element.Z] * round(amount)
     if not atoms:
         raise ValueError(f"{where}: empty formula")
     return np.asarray(atoms, dtype=np.int64)

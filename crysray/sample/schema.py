@@ -36,23 +36,30 @@ from crysray.types import CrystalBatch
 
 SCHEMA_VERSION = 1
 
-SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("work_unit", pa.int64()),
-    ("source_id", pa.string()),
-    ("formula", pa.string()),
-    ("num_atoms", pa.int32()),
-    ("atomic_numbers", pa.list_(pa.int16())),
-    ("frac_coords", pa.list_(pa.float64())),
-    ("lattice", pa.list_(pa.float64())),
-    ("a", pa.float64()), ("b", pa.float64()), ("c", pa.float64()),
-    ("alpha", pa.float64()), ("beta", pa.float64()), ("gamma", pa.float64()),
-    ("valid_structure", pa.bool_()),
-    ("method", pa.string()),
-    ("checkpoint_hash", pa.string()),
-    ("steps", pa.int32()),
-    ("seed", pa.int64()),
-], metadata={"crysray_schema_version": str(SCHEMA_VERSION)})
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("work_unit", pa.int64()),
+        ("source_id", pa.string()),
+        ("formula", pa.string()),
+        ("num_atoms", pa.int32()),
+        ("atomic_numbers", pa.list_(pa.int16())),
+        ("frac_coords", pa.list_(pa.float64())),
+        ("lattice", pa.list_(pa.float64())),
+        ("a", pa.float64()),
+        ("b", pa.float64()),
+        ("c", pa.float64()),
+        ("alpha", pa.float64()),
+        ("beta", pa.float64()),
+        ("gamma", pa.float64()),
+        ("valid_structure", pa.bool_()),
+        ("method", pa.string()),
+        ("checkpoint_hash", pa.string()),
+        ("steps", pa.int32()),
+        ("seed", pa.int64()),
+    ],
+    metadata={"crysray_schema_version": str(SCHEMA_VERSION)},
+)
 
 
 def sample_id(seed: int, work_unit: int, index: int) -> str:
@@ -63,14 +70,27 @@ def lattice_parameters(lattice: np.ndarray) -> np.ndarray:
     """(B, 3, 3) -> (B, 6) a, b, c (A), alpha, beta, gamma (deg); NaN where degenerate."""
     lengths = np.linalg.norm(lattice, axis=-1)
     with np.errstate(all="ignore"):
+
         def angle(j, k):
-            cos = np.einsum("bi,bi->b", lattice[:, j], lattice[:, k]) / (lengths[:, j] * lengths[:, k])
+            cos = np.einsum("bi,bi->b", lattice[:, j], lattice[:, k]) / (
+                lengths[:, j] * lengths[:, k]
+            )
             return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
         return np.column_stack([lengths, angle(1, 2), angle(0, 2), angle(0, 1)])
 
 
-def batch_to_table(batch: CrystalBatch, *, work_unit: int, first_index: int, source_ids: list[str],
-                   method: str, checkpoint_hash: str, steps: int, seed: int) -> pa.Table:
+def batch_to_table(
+    batch: CrystalBatch,
+    *,
+    work_unit: int,
+    first_index: int,
+    source_ids: list[str],
+    method: str,
+    checkpoint_hash: str,
+    steps: int,
+    seed: int,
+) -> pa.Table:
     """Rows for the crystals of ``batch``; row k gets index ``first_index + k``."""
     lattice = batch.lattice.double().numpy()
     frac = batch.frac_coords.double().numpy()
@@ -92,7 +112,9 @@ def batch_to_table(batch: CrystalBatch, *, work_unit: int, first_index: int, sou
         "num_atoms": counts.astype(np.int32),
         "atomic_numbers": pa.ListArray.from_arrays(offsets.astype(np.int32), z.astype(np.int16)),
         "frac_coords": pa.ListArray.from_arrays((offsets * 3).astype(np.int32), frac.reshape(-1)),
-        "lattice": pa.ListArray.from_arrays(np.arange(0, 9 * n + 1, 9, dtype=np.int32), lattice.reshape(-1)),
+        "lattice": pa.ListArray.from_arrays(
+            np.arange(0, 9 * n + 1, 9, dtype=np.int32), lattice.reshape(-1)
+        ),
         **{name: params[:, k] for k, name in enumerate(("a", "b", "c", "alpha", "beta", "gamma"))},
         "valid_structure": valid,
         "method": [method] * n,

@@ -38,8 +38,10 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors all mean the same to a user
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors mean the same to a user
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a crysray checkpoint (expected format {FORMAT})")
     return payload
@@ -51,7 +53,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
     try:
         config = RunConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: configuration does not match this crysray version: {err}") from None
+        raise CheckpointError(
+            f"{path}: configuration does not match this crysray version: {err}"
+        ) from None
     model = build_method(config)
     load_weights(model, payload[weights], source=str(path))
     return model.to(device).eval()
@@ -66,10 +70,16 @@ def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
     if missing or unexpected or wrong:
         detail = "; ".join(
             f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape differs", wrong),
+            )
             if keys
         )
-        raise CheckpointError(f"{source} was written for a different model configuration ({detail})")
+        raise CheckpointError(
+            f"{source} was written for a different model configuration ({detail})"
+        )
     model.load_state_dict(state)
 
 

@@ -78,9 +78,7 @@ EXPECTED_COUNTS = {
 }
 
 
-def test_funnel_keeps_every_row_and_counts_each_stage(
-    table, potential, hull, references, training
-):
+def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, hull, references, training):
     out, counts = run_funnel(
         table,
         FunnelConfig(hull="local", relax_steps=300),
@@ -122,9 +120,7 @@ def test_cheap_stages_alone_need_no_model(table):
 
 
 def test_actor_maps_a_batch(table, reference_csv, reference_cache, monkeypatch):
-    monkeypatch.setattr(
-        "crysray.filter.local_hull.default_local_sources", lambda: [reference_csv]
-    )
+    monkeypatch.setattr("crysray.filter.local_hull.default_local_sources", lambda: [reference_csv])
     config = FunnelConfig(hull="local", training_dataset=str(reference_csv),
                           cache_dir=str(reference_cache), relax_steps=300)  # fmt: skip
     actor = StabilityFunnel(config.as_dict())

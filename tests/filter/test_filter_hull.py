@@ -156,7 +156,9 @@ def test_known_stable_crystal_sits_on_the_hull_and_a_strained_copy_above(
         [np.array(structure.atomic_numbers)] * 2,
     )
     corrected = [corrected_energy(s, e) for s, e in zip((structure, strained), energies)]
-    assert references.formation_energy_per_atom(comp, corrected[0]) == pytest.approx(e_form, abs=0.1)
+    assert references.formation_energy_per_atom(comp, corrected[0]) == pytest.approx(
+        e_form, abs=0.1
+    )
     e_hull = [hull.e_above_hull(comp, e).e_above_hull for e in corrected]
     assert abs(e_hull[0]) < 0.1 and e_hull[1] > e_hull[0] + 0.02
     per_atom = (corrected[1] - corrected[0]) / comp.num_atoms

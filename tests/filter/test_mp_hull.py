@@ -1,4 +1,4 @@
-"""The ``mp`` hull through the real mp-api client, against a Materials Project server on 127.0.0.1."""
+"""The ``mp`` hull through the real mp-api client, against an MP server on 127.0.0.1."""
 
 from __future__ import annotations
 
