@@ -157,38 +157,24 @@ def _stop_head(head: subprocess.Popen) -> None:
     head.wait(timeout=30)
 
 
-@pytest.mark.slow
-def test_ray_job_submit_mass_sample(ray_head, tiny_checkpoint, formulas_file, tmp_path):
-    out = tmp_path / "out"
-    cmd = [
-        "ray",
-        "job",
-        "submit",
-        "--address",
-        ray_head["address"],
-        "--working-dir",
-        ".",
-        "--",
-        "python",
-        "jobs/mass_sample.py",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--compositions",
-        str(formulas_file),
-        "--num-samples",
-        "30",
-        "--unit-size",
-        "10",
-        "--replicas",
-        "2",
-        "--out",
-        str(out),
-    ]
+def submit_mass_sample(ray_head, *job_args) -> subprocess.CompletedProcess:
+    """``ray job submit --working-dir . -- python jobs/mass_sample.py ...`` from the repo root."""
+    cmd = ["ray", "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--",
+           "python", "jobs/mass_sample.py", *map(str, job_args)]  # fmt: skip
     result = subprocess.run(
         cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=ray_head["env"]
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_ray_job_submit_mass_sample(ray_head, tiny_checkpoint, formulas_file, tmp_path):
+    out = tmp_path / "out"
+    args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 30,
+            "--unit-size", 10, "--replicas", 2, "--out", out]  # fmt: skip
+    submit_mass_sample(ray_head, *args)
     table = ds.dataset(out / "data", format="parquet").to_table()
     assert table.num_rows == 30 and len(set(table.column("sample_id").to_pylist())) == 30
 
@@ -199,29 +185,7 @@ def test_readme_cluster_command_finds_data_from_the_working_dir_copy(ray_head, t
     repository root, defaults only: shipped checkpoint, Perov-5 test compositions found without
     any data path set (the job runs a copy of the repository that has no ../shared)."""
     out = tmp_path / "out"
-    cmd = [
-        "ray",
-        "job",
-        "submit",
-        "--address",
-        ray_head["address"],
-        "--working-dir",
-        ".",
-        "--",
-        "python",
-        "jobs/mass_sample.py",
-        "--num-samples",
-        "6",
-        "--unit-size",
-        "3",
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=ray_head["env"]
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "succeeded" in result.stdout + result.stderr
+    submit_mass_sample(ray_head, "--num-samples", 6, "--unit-size", 3, "--out", out)
     table = ds.dataset(out / "data", format="parquet").to_table()
     assert table.num_rows == 6 and len(set(table.column("sample_id").to_pylist())) == 6
     # the first Perov-5 test compositions, in order
