@@ -58,7 +58,9 @@ def run(args) -> dict:
         raise FileNotFoundError(f"{run_dir} is not a crysray sampling run (no manifest.json)")
     if not sampled_units(run_dir):
         raise ValueError(f"{run_dir} holds no sampled work units yet")
-    config = funnel_config_from_args(args, dataset_path("perov_5", "train"))
+    # runs written before the manifest named its dataset sampled Perov-5 models only
+    dataset = json.loads((run_dir / "manifest.json").read_text()).get("dataset") or "perov_5"
+    config = funnel_config_from_args(args, dataset_path(dataset, "train"))
     formulas = ds.dataset(run_dir / "data", format="parquet").to_table(columns=["formula"])
     hull = prepare_hull(config, set(formulas["formula"].to_pylist()), args.mp_api_key)
     open_funnel(run_dir, config, hull)

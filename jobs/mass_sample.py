@@ -112,7 +112,7 @@ def validate(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def plan(args, funnel_config=None):
+def plan(args, config: dict, funnel_config=None):
     """Everything checked before Ray starts: bad input fails fast with one line.
 
     With the funnel, its hull is prepared for the compositions' chemical systems before the
@@ -121,10 +121,8 @@ def plan(args, funnel_config=None):
     from crysray.data.csv import dataset_path
     from crysray.sample.campaign import CampaignSpec, compositions_digest, open_run
     from crysray.sample.compositions import DEFAULT_MAX_ATOMS, CompositionLimits, read_targets
-    from crysray.train.checkpoint import checkpoint_hash, read_checkpoint
+    from crysray.train.checkpoint import checkpoint_hash
 
-    validate(args)
-    config = read_checkpoint(args.checkpoint)["config"]
     if config["method"]["task"] != args.task:
         raise ValueError(
             f"{args.checkpoint} is a {config['method']['task']} model, not {args.task}"
@@ -133,7 +131,9 @@ def plan(args, funnel_config=None):
         args.max_atoms or DEFAULT_MAX_ATOMS, config["net"]["max_atomic_number"]
     )
     compositions, skipped = read_targets(
-        args.compositions or dataset_path("perov_5", "test"), limits, args.skip_invalid_compositions
+        args.compositions or dataset_path(config["data"]["dataset"], "test"),
+        limits,
+        args.skip_invalid_compositions,
     )
     args.skipped_compositions = sum(skipped.values())
     spec = CampaignSpec(
@@ -146,6 +146,7 @@ def plan(args, funnel_config=None):
         unit_size=args.unit_size,
         batch_size=args.batch_size,
         precision=args.precision,
+        dataset=config["data"]["dataset"],
     )
     if funnel_config is None:
         return spec, compositions, open_run(args.out, spec)
@@ -183,12 +184,15 @@ def run(args) -> dict:
     from crysray.data.csv import dataset_path
     from crysray.filter.config import funnel_config_from_args
     from crysray.sample.campaign import CampaignWorker
+    from crysray.train.checkpoint import read_checkpoint
 
-    # validated before anything is written
-    config = (
-        funnel_config_from_args(args, dataset_path("perov_5", "train")) if args.funnel else None
-    )
-    spec, compositions, todo = plan(args, config)
+    # validated before anything is written; defaults (compositions, novelty set) come from
+    # the dataset the checkpoint was trained on
+    validate(args)
+    model_config = read_checkpoint(args.checkpoint)["config"]
+    dataset = model_config["data"]["dataset"]
+    config = funnel_config_from_args(args, dataset_path(dataset, "train")) if args.funnel else None
+    spec, compositions, todo = plan(args, model_config, config)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
     # no runtime_env here, so Ray can use its prestarted worker processes

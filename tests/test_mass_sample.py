@@ -322,3 +322,17 @@ def test_rows_turn_back_into_structures_and_files(tiny_checkpoint, formulas_file
     assert len(read(tmp_path / "xyz" / "structures.extxyz", index=":")) == 4
     with pytest.raises(ValueError, match="unknown structure format"):
         write_structures(table, tmp_path / "x", fmt="pdb")
+
+
+def test_a_run_written_before_a_spec_field_existed_still_resumes(tmp_path):
+    from crysray.sample.campaign import CampaignSpec, RunDirectoryError, open_run
+
+    spec = CampaignSpec("csp", "abc", "def", 30, 5, 7, 8, 8, dataset="")
+    assert open_run(tmp_path, spec) == [0, 1, 2, 3]
+    manifest = tmp_path / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["dataset"], old["precision"]  # as written by an older crysray
+    manifest.write_text(json.dumps(old))
+    assert open_run(tmp_path, spec) == [0, 1, 2, 3]
+    with pytest.raises(RunDirectoryError, match="seed"):
+        open_run(tmp_path, CampaignSpec("csp", "abc", "def", 30, 5, 8, 8, 8))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class CampaignSpec:
     unit_size: int
     batch_size: int
     precision: str = "fp32"
+    dataset: str = ""  # the checkpoint's training dataset (defaults of later jobs)
 
     @property
     def num_units(self) -> int:
@@ -91,6 +92,9 @@ def open_run(out_dir: str | Path, spec: CampaignSpec) -> list[int]:
     if manifest.exists():
         saved = json.loads(manifest.read_text())
         saved.pop("failed_units", None)
+        # fields added since a run was written take their defaults, so old runs still resume
+        defaults = {f.name: f.default for f in fields(CampaignSpec) if f.default is not MISSING}
+        saved = {**defaults, **saved}
         if saved != asdict(spec):
             diff = sorted(
                 k for k in saved.keys() | asdict(spec).keys() if saved.get(k) != asdict(spec).get(k)
