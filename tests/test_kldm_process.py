@@ -175,7 +175,13 @@ def test_noise_and_targets_are_mean_free_per_crystal():
     assert (draw.x_t >= -math.pi).all() and (draw.x_t < math.pi).all()
     # the one-atom crystal has no relative motion at all
     assert draw.r[0].abs().max() == 0
-    # when images are negligible the simplified target is the displacement noise itself
+    # both parameterisations describe one score; without the floor it is -eps_v / sigma_v + ...
+    full = kp.velocity_score(draw.v_t, fields["simplified"], t, lam)
+    torch.testing.assert_close(fields["full"], full)
+    wn = fields["full"] + draw.eps_v / torch.sqrt(kp.var_v(t) + kp.SQRT_EPS)
+    assert (wn - kp.drift_coef(t) * kp.wn_term(draw, t, batch_idx, b)).abs().max() < 1e-3
+    # when images are negligible the simplified target is +eps_r (S_WN has the sign of r - mu_r;
+    # docs/kldm.md §1.5 says -eps_r, which contradicts its own definition of S_WN)
     small = batch_idx == 1  # tau = 0.001
     y = kp.simplified_target(draw, t, batch_idx, b, lam)
     assert small.any()

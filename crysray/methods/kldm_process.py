@@ -144,9 +144,13 @@ def wn_term(draw: ForwardDraw, t, batch_idx, num_crystals, eps: float = SQRT_EPS
 
 
 def full_score_target(draw: ForwardDraw, t, batch_idx, num_crystals, eps: float = SQRT_EPS):
-    """grad_{v_t} log p(x_t, v_t | x_0) = -eps_v / sigma_v + a(t) centre(S_WN) (docs/kldm.md §1.4)."""
+    """grad_{v_t} log p(x_t, v_t | x_0) = -eps_v / sigma_v + a(t) centre(S_WN) (docs/kldm.md §1.4).
+
+    Written as -v_t / sigma_v^2 so that, floor included, it equals ``velocity_score`` of the
+    simplified target exactly: the two parameterisations then share one score.
+    """
     wn = wn_term(draw, t, batch_idx, num_crystals, eps)
-    return -draw.eps_v / sigma_v(t, eps) + drift_coef(t) * wn
+    return -draw.v_t / (var_v(t) + eps) + drift_coef(t) * wn
 
 
 class LambdaTable:
