@@ -334,3 +334,18 @@ def test_lattice_steps():
     c = lat.lattice_corrector(l, s, noise=zero)
     delta = 0.25 / s.pow(2).mean(-1, keepdim=True)
     torch.testing.assert_close(c, l + delta * s)
+
+
+def test_kldm_maths_imports_without_crystal_io():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for n in ('pymatgen', 'ray', 'pyarrow', 'matgl', 'pandas'): sys.modules[n] = None\n"
+        "import crysray.methods.kldm_process, crysray.methods.kldm_lattice\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
