@@ -56,7 +56,7 @@ def params_to_lattice(lengths: torch.Tensor, angles: torch.Tensor) -> torch.Tens
 
 
 def _trimmed_mean_std(x: torch.Tensor, trim: float):
-    """Column-wise mean/std after dropping floor(trim * n) rows from each end of the sorted column."""
+    """Column-wise mean/std without the floor(trim * n) smallest and largest values."""
     n = x.shape[0]
     k = math.floor(trim * n)
     xs = x.sort(dim=0).values[k : n - k]

@@ -1,4 +1,4 @@
-"""Wrapped normal on the circle: density, score and the KLDM score normaliser (docs/kldm.md §1.4-1.5).
+"""Wrapped normal on the circle: density, score, KLDM score normaliser (docs/kldm.md §1.4-1.5).
 
 Everything is in radians with period 2*pi. The sum over images is truncated at |k| <= 13
 (27 terms), as in the released KLDM code; for sigma up to the TDM horizon (sigma_r <= 1 rad)
@@ -32,7 +32,7 @@ def log_wrapped_normal(d: torch.Tensor, sigma, k: int = K_IMAGES) -> torch.Tenso
 
 
 def wrapped_normal_score(d: torch.Tensor, sigma, k: int = K_IMAGES) -> torch.Tensor:
-    """S_WN(d; sigma) = sum_k w_k (d + 2 pi k) / sigma^2, w = softmax_k(-(d + 2 pi k)^2 / 2 sigma^2).
+    """S_WN(d; sigma) = sum_k w_k (d + 2 pi k) / sigma^2, w = softmax_k(-(d + 2 pi k)^2 / 2sigma^2).
 
     docs/kldm.md §1.4: with d = r - mu this is d/d(mu) log WN(r; mu, sigma), i.e.
     -d/dd log WN(d; 0, sigma). The sign matters (§6.3): for small sigma S ~ +d / sigma^2.
