@@ -102,8 +102,10 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [("new", args.checkpoint, args.steps)] + [
-        (*item.split("=", 1), args.compare_steps) for item in args.compare]
+    # compared checkpoints first, right before the new one at the same N, so that the
+    # throughputs are measured close together on a shared machine
+    models = [(*item.split("=", 1), args.compare_steps) for item in args.compare] + [
+        ("new", args.checkpoint, args.steps)]
     record = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
               "torch": torch.__version__, "checkpoint": args.checkpoint, "runs": [],
               "stol_for_unmatched": 0.5,

@@ -61,11 +61,12 @@ def score(batch: CrystalBatch, table) -> dict:
 
 
 @torch.no_grad()
-def sample_variant(model, spec, steps, generator, mode="end_back", seed=0, truth=None, handoff=0):
+def sample_variant(model, spec, steps, generator, mode="end_back", seed=0, truth=None, handoff=0,
+                   handoff_parts=("coords", "lattice")):
     """End-back (as shipped) or the sequential BFN update ("vanilla", docs §2) sampler.
 
-    With ``truth`` and ``handoff`` = k, the inputs of steps 1..k are drawn around the true
-    structure (as in training) and the sampler takes over from step k+1.
+    With ``truth`` and ``handoff`` = k, the inputs of steps 2..k are drawn around the true
+    structure (as in training; only the ``handoff_parts`` of it) and the sampler takes over.
     """
     flow, lat_flow = model.coord_flow, model.lattice_flow
     alphas, _, bank = flow.tables(steps)
@@ -84,8 +85,9 @@ def sample_variant(model, spec, steps, generator, mode="end_back", seed=0, truth
         if mode == "end_back":
             index = torch.full((1,), i, dtype=torch.long)
             centre, lat_centre = x_hat, lat_hat
-            if i < handoff:
+            if i < handoff and "coords" in handoff_parts:
                 centre = frac_to_angle(truth.frac_coords)
+            if i < handoff and "lattice" in handoff_parts:
                 lat_centre = truth.lattice / model.lattice_std
             m, c = bank.draw(centre, index, generator)
             u = flow.entropy_condition(c, index)
@@ -111,12 +113,15 @@ def cmd_handoff(args) -> dict:
     truth = next(table.iterate_batches(len(table), shuffle=False))
     results = []
     for steps in args.steps:
-        for k in sorted({1, 2, steps // 4 + 1, steps // 2 + 1, 3 * steps // 4 + 1}):
-            out = sample_variant(model, spec, steps, torch.Generator().manual_seed(0),
-                                 truth=truth, handoff=k)
-            row = {"steps": steps, "sampler_from_step": k, **score(out, table)}
-            print(json.dumps(row), flush=True)
-            results.append(row)
+        ks = sorted({1, 2, steps // 4 + 1, steps // 2 + 1, 3 * steps // 4 + 1})
+        for parts in args.parts:
+            for k in ks if parts == "coords+lattice" else [2, 3]:
+                out = sample_variant(model, spec, steps, torch.Generator().manual_seed(0),
+                                     truth=truth, handoff=k, handoff_parts=parts.split("+"))
+                row = {"steps": steps, "truth_centred": parts, "sampler_from_step": k,
+                       **score(out, table)}
+                print(json.dumps(row), flush=True)
+                results.append(row)
     return {"checkpoint": args.checkpoint, "n": args.n, "runs": results}
 
 
@@ -198,6 +203,8 @@ def main() -> int:
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "crysbfn_perov5.pt"))
     p.add_argument("--steps", type=int, nargs="+", default=[10, 50, 200])
     p.add_argument("--n", type=int, default=500)
+    p.add_argument("--parts", nargs="+", default=["coords+lattice"],
+                   choices=["coords+lattice", "coords", "lattice"], help="handoff: what is truth-centred")
     p.add_argument("--quick", action="store_true", help="sampler: shipped end-back only")
     p.add_argument("--label", default=None, help="key in the JSON record (default: command)")
     args = p.parse_args()

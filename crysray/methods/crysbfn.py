@@ -8,6 +8,15 @@ Deliberate departure from the reference: the network sees continuous time t = (i
 of the integer index i. With u (the normalised log concentration) and t, the input has the
 same meaning for every N, so one trained model samples with any number of steps; training
 draws N per batch from ``method.train_steps``.
+
+Optional training departure (``method.rollout_prob``, benchmarks/results/csp_diagnosis.md):
+end-back sampling centres theta_{i-1} on the network's own step i-1 prediction, which at the
+first steps is far from any crystal (and whose lattice is exactly 0 after step 1), while the
+loss only ever centres it on the truth. With rollout a share of crystals gets theta_{i-1} drawn
+around the prediction made from theta_{i-2} (one extra forward pass without gradient), so the
+network learns the inputs it meets when sampling. The target is still the truth.
+
+Every draw happens on the model's device with the caller's generator (which must live there).
 """
 
 from __future__ import annotations
