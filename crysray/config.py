@@ -34,6 +34,11 @@ class MethodConfig:
     # so one model samples with any N; training draws N per batch from this list.
     train_steps: tuple[int, ...] = (10, 20, 50, 100, 200)
     noise_bank_size: int = 32768  # walks per N in the von Mises noise bank (docs §8.7)
+    # Cap on the coordinate loss weight N alpha A(alpha) (0 = none); see CrysBFN.loss.
+    coord_weight_cap: float = 0.0
+    # Share of crystals whose input theta_{i-1} is drawn around the model's own prediction
+    # from theta_{i-2} instead of around the truth, as in end-back sampling; see CrysBFN.loss.
+    rollout_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     threads: int = 0  # torch intra-op threads, 0 = torch default
+    init_from: str = ""  # checkpoint whose EMA weights start a new run (fresh optimiser)
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,36 @@ def test_constructor_rejects_bad_config():
         CrysBFN(config)  # lattice_std = 0: not computed from the training split
     with pytest.raises(ValueError, match="task 'dng' is not implemented"):
         CrysBFN(config.replace("data", lattice_std=1.0).replace("method", task="dng"))
+
+
+def test_rollout_feeds_the_models_own_previous_prediction(batch):
+    """rollout_prob = 1: theta_{i-1} is centred on the prediction from theta_{i-2}, as in
+    end-back sampling; at i = 1 there is no previous step and the truth stays."""
+    model = _model()
+    model.config = model.config.replace("method", rollout_prob=1.0)
+    x = frac_to_angle(batch.frac_coords)
+    lattice = batch.lattice / LATTICE_STD
+    step = torch.tensor([1, 2, 7])
+    with Capture(model.denoiser) as capture:
+        centre, lattice_centre = model._rollout(batch, x, lattice, step, 10,
+                                                torch.Generator().manual_seed(3))
+    ((args, (x_prev, lattice_prev)),) = capture.calls
+    first = batch.batch_idx == 0
+    assert torch.equal(centre[first], x[first]) and torch.equal(lattice_centre[0], lattice[0])
+    assert torch.equal(centre[~first], x_prev[~first])
+    # i = 2 rolls out from the prior at t = 0, whose lattice mean is 0: the prediction is 0,
+    # exactly what the sampler centres theta_1's lattice on
+    assert torch.equal(args[3], torch.tensor([0.0, 0.0, 0.5]))
+    assert torch.equal(lattice_centre[1], torch.zeros(3, 3))
+    assert torch.equal(lattice_centre[2], lattice_prev[2])
+
+
+def test_coordinate_weight_cap(batch):
+    capped = _model()
+    capped.config = capped.config.replace("method", coord_weight_cap=50.0)
+    plain = _model()
+    g = torch.Generator().manual_seed(11)
+    _, m_plain = plain.loss(batch, torch.Generator().manual_seed(11))
+    _, m_capped = capped.loss(batch, g)
+    assert m_capped["lattice_loss"] == pytest.approx(m_plain["lattice_loss"])
+    assert m_capped["coord_loss"] < m_plain["coord_loss"]

@@ -10,7 +10,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from crysray.data.csv import dataset_path
-from crysray.eval.csp import MATCHER, match_rate_rmse
+from crysray.eval.csp import MATCHER, STOL, close_atoms_share, match_rate_rmse, tightness
 from crysray.eval.validity import min_interatomic_distance, structure_validity
 from crysray.structures import canonical_structure, parse_cif
 
@@ -136,3 +136,48 @@ def test_pool_and_single_process_agree(perovskites):
 def test_length_mismatch_raises(perovskites):
     with pytest.raises(ValueError, match="prediction lists"):
         match_rate_rmse([[perovskites[0]]], perovskites[:2])
+
+
+# ---- tightness metrics -------------------------------------------------------------------
+
+
+def _srtio3(shift_o: float = 0.0, a: float = 3.905) -> Structure:
+    """Cubic SrTiO3 by hand; ``shift_o`` moves the first O along x (fractional units)."""
+    frac = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5 + shift_o, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"], frac)
+
+
+def test_tightness_counts_unmatched_at_stol():
+    out = tightness([0.01, 0.07, None, 0.2])
+    assert out["tight_0.05"] == 0.25 and out["tight_0.1"] == 0.5
+    assert out["rmse_all"] == pytest.approx((0.01 + 0.07 + 0.5 + 0.2) / 4)
+    assert out["rmse_median"] == pytest.approx(0.07)
+    assert STOL == 0.5
+    with pytest.raises(ValueError):
+        tightness([])
+
+
+def test_close_atoms_share_on_hand_built_structures():
+    fine = _srtio3()
+    # two O atoms 0.3 A apart
+    clash = Structure(Lattice.cubic(4.0), ["O", "O", "Ti"], [[0, 0, 0], [0.075, 0, 0], [0.5] * 3])
+    # an atom 0.2 A from the periodic image of another, across the cell boundary
+    wrapped = Structure(Lattice.cubic(4.0), ["O", "O"], [[0.01, 0.5, 0.5], [0.96, 0.5, 0.5]])
+    assert close_atoms_share([fine, clash, wrapped, None]) == 0.5
+    assert close_atoms_share([fine]) == 0.0
+
+
+def test_tight_and_loose_matches_separate():
+    target = _srtio3()
+    tight, loose = _srtio3(0.005), _srtio3(0.2)
+    clash = Structure(target.lattice, target.species,
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.05, 0, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    rms_tight = MATCHER.get_rms_dist(tight, target)[0]
+    rms_loose = MATCHER.get_rms_dist(loose, target)[0]
+    assert rms_tight < 0.05 and 0.1 < rms_loose < STOL
+    result = match_rate_rmse([[target], [tight], [loose], [clash]], [target] * 4, workers=1)
+    assert result["match_rate"] == 0.75  # the clash is not struct-valid
+    assert result["tight_0.05"] == 0.5 and result["tight_0.1"] == 0.5
+    assert result["rmse"] == pytest.approx((0 + rms_tight + rms_loose) / 3, abs=1e-9)
+    assert result["rmse_all"] == pytest.approx((0 + rms_tight + rms_loose + STOL) / 4, abs=1e-9)
+    assert result["close_atoms_share"] == 0.25

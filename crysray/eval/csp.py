@@ -4,6 +4,12 @@ A prediction matches its target when it is struct-valid (crysray.eval.validity) 
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` finds a mapping; its RMSE is
 ``get_rms_dist(pred, target)[0]``, normalised by (V/n)^(1/3). Composition is not checked.
 Matching is the slow part (seconds per hundred pairs), so it runs in a process pool.
+
+The mean RMSE over matches alone cannot tell a tight model from a loose one (a model that
+matches few crystals tightly and one that matches many loosely can have the same value), so
+``match_rate_rmse`` also reports the share of crystals matched within RMSE 0.05 and 0.1, an RMSE over
+all crystals in which an unmatched crystal counts at the matcher's tolerance (stol = 0.5), and
+the share of generated structures with two atoms closer than 0.5 A.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from crysray.eval.validity import structure_validity
+from crysray.eval.validity import MIN_DISTANCE, min_interatomic_distance, structure_validity
 from crysray.structures import arrays_to_structure, structure_to_arrays
 
 # Built once per process (pool workers inherit or rebuild it on import).
-MATCHER = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+STOL = 0.5
+MATCHER = StructureMatcher(stol=STOL, angle_tol=10, ltol=0.3)
+TIGHT_RMSE = (0.05, 0.1)
 
 # Ordered structures travel to workers as (lattice, frac, Z) arrays: cheaper to pickle than
 # Structures, and species become plain elements as in the reference evaluation.
@@ -40,7 +48,9 @@ def match_rate_rmse(
     Returns:
         ``match_rate`` (first candidate), ``rmse`` (mean over its matches, NaN if none),
         ``match_rate_at_k`` (any candidate matches), ``rmse_at_k`` (mean over targets of the
-        smallest matched RMSE), ``k`` (most candidates per target) and ``n`` (targets).
+        smallest matched RMSE), ``k`` (most candidates per target), ``n`` (targets), the
+        tightness of the first candidates (``tightness``) and ``close_atoms_share`` over all
+        candidates.
     """
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} prediction lists for {len(targets)} targets")
@@ -62,7 +72,43 @@ def match_rate_rmse(
         "rmse_at_k": rmse_k,
         "k": max(len(c) for c in candidates),
         "n": len(targets),
+        **tightness(first),
+        "close_atoms_share": close_atoms_share([c for cands in candidates for c in cands]),
     }
+
+
+def tightness(rms: list[float | None]) -> dict:
+    """Shares of crystals matched with RMSE below each of TIGHT_RMSE, and the all-crystal RMSE.
+
+    rms: per crystal, the RMSE of its match or None if unmatched. In ``rmse_all`` an unmatched
+    crystal counts at the matcher's site tolerance stol = 0.5 (the largest RMSE a match can
+    have, in the same (V/n)^(1/3) units), so that it falls when match rate or tightness rises.
+    """
+    if not rms:
+        raise ValueError("no crystals")
+    values = np.array([STOL if r is None else min(r, STOL) for r in rms])
+    out = {f"tight_{t:g}": float(np.mean(values < t)) for t in TIGHT_RMSE}
+    out["rmse_all"] = float(values.mean())
+    out["rmse_median"] = float(np.median([r for r in rms if r is not None])) if any(
+        r is not None for r in rms) else math.nan
+    return out
+
+
+def close_atoms_share(structures: list[Structure | Packed]) -> float:
+    """Share of generated structures with two atoms (or an atom and its image) closer than
+    0.5 A. A structure that failed (None) or has a non-finite lattice or coordinates counts
+    as not close; it is already unmatched."""
+    if not structures:
+        raise ValueError("no structures")
+    close = 0
+    for s in structures:
+        if s is None:
+            continue
+        lattice, frac = (s.lattice.matrix, s.frac_coords) if isinstance(s, Structure) else s[:2]
+        lattice, frac = np.asarray(lattice, dtype=float), np.asarray(frac, dtype=float)
+        if np.isfinite(lattice).all() and np.isfinite(frac).all() and len(frac):
+            close += min_interatomic_distance(lattice, frac) < MIN_DISTANCE
+    return close / len(structures)
 
 
 def _summary(values: list[float | None]) -> tuple[float, float]:

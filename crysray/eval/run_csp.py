@@ -1,5 +1,10 @@
 """Sample a checkpoint on a dataset split and score it (CSP match rate / RMSE, docs §6).
 
+Besides match rate and RMSE over matches it reports the tightness metrics of
+``crysray.eval.csp``: ``tight_0.05`` / ``tight_0.1`` (share of crystals matched with RMSE below
+0.05 / 0.1), ``rmse_all`` (RMSE over all crystals, unmatched ones counted at stol = 0.5) and
+``close_atoms_share`` (generated structures with two atoms closer than 0.5 A).
+
 python -m crysray.eval.run_csp --checkpoint checkpoints/crysbfn_perov5.pt --steps 10
 """
 

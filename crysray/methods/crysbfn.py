@@ -8,6 +8,15 @@ Deliberate departure from the reference: the network sees continuous time t = (i
 of the integer index i. With u (the normalised log concentration) and t, the input has the
 same meaning for every N, so one trained model samples with any number of steps; training
 draws N per batch from ``method.train_steps``.
+
+Optional training departure (``method.rollout_prob``, benchmarks/results/csp_diagnosis.md):
+end-back sampling centres theta_{i-1} on the network's own step i-1 prediction, which at the
+first steps is far from any crystal (and whose lattice is exactly 0 after step 1), while the
+loss only ever centres it on the truth. With rollout a share of crystals gets theta_{i-1} drawn
+around the prediction made from theta_{i-2} (one extra forward pass without gradient), so the
+network learns the inputs it meets when sampling. The target is still the truth.
+
+Every draw happens on the model's device with the caller's generator (which must live there).
 """
 
 from __future__ import annotations
@@ -68,7 +77,7 @@ class CrysBFN(nn.Module):
         self.lattice_flow = GaussianFlow(m.sigma1_lattice)
         self.lattice_std = config.data.lattice_std
 
-    def _device(self):
+    def _device(self) -> torch.device:
         return self.denoiser.coord_head.weight.device
 
     def forward(self, batch: CrystalBatch, generator: torch.Generator | None = None):
@@ -76,56 +85,86 @@ class CrysBFN(nn.Module):
         return self.loss(batch, generator)
 
     def loss(self, batch: CrystalBatch, generator: torch.Generator | None = None):
-        steps_options = self.config.method.train_steps
-        steps = steps_options[int(torch.randint(len(steps_options), (1,), generator=generator))]
-        alphas, coord_weights, bank = self.coord_flow.tables(steps)
-        num_crystals, batch_idx = batch.num_crystals, batch.batch_idx.cpu()
-        step = torch.randint(1, steps + 1, (num_crystals,), generator=generator)  # i in 1..N
-        updates = (step - 1).unsqueeze(-1)  # theta_{i-1} has seen i-1 updates
+        """Discrete-time loss at a random step i of a random N (docs §2-3).
+
+        ``batch`` must be on the model's device and ``generator`` (if given) too: every draw
+        happens there, so nothing crosses between host and device inside the step.
+        """
+        device, cfg = self._device(), self.config.method
+        choice = torch.randint(len(cfg.train_steps), (1,), generator=generator, device=device)
+        steps = cfg.train_steps[int(choice)]
+        _, coord_weights, bank = self.coord_flow.tables(steps, device)
+        batch_idx = batch.batch_idx
+        step = torch.randint(1, steps + 1, (batch.num_crystals,), generator=generator, device=device)
 
         x = frac_to_angle(batch.frac_coords)
-        m, c = bank.draw(x.cpu(), updates[batch_idx], generator)
-        u = self.coord_flow.entropy_condition(c, updates[batch_idx])
-        t = (step - 1).float() / steps
         lattice = batch.lattice / self.lattice_std
-        lattice_in = self.lattice_flow.draw(lattice.cpu(), t.view(-1, 1, 1), generator)
+        centre, lattice_centre = x, lattice
+        if cfg.rollout_prob > 0:
+            centre, lattice_centre = self._rollout(batch, x, lattice, step, steps, generator)
+        updates = (step - 1)[batch_idx].unsqueeze(-1)  # theta_{i-1} has seen i-1 updates
+        m, c = bank.draw(centre, updates, generator)
+        u = self.coord_flow.entropy_condition(c, updates)
+        t = (step - 1).float() / steps
+        lattice_in = self.lattice_flow.draw(lattice_centre, t.view(-1, 1, 1), generator)
 
-        device = self._device()
-        x_hat, lattice_hat = self.denoiser(
-            batch.atom_types, m.to(device), u.to(device), t.to(device), lattice_in.to(device),
-            batch.num_atoms,
-        )
-        w_coord = coord_weights[step - 1].to(device)[batch_idx.to(device)].unsqueeze(-1)
-        coord_loss = (w_coord * wrap(x - x_hat) ** 2).mean()
-        w_lat = self.lattice_flow.loss_weight(step.float(), steps).to(device).view(-1, 1, 1)
+        x_hat, lattice_hat = self.denoiser(batch.atom_types, m, u, t, lattice_in, batch.num_atoms)
+        w_coord = coord_weights[step - 1]
+        if cfg.coord_weight_cap > 0:
+            w_coord = w_coord.clamp_max(cfg.coord_weight_cap)
+        coord_loss = (w_coord[batch_idx].unsqueeze(-1) * wrap(x - x_hat) ** 2).mean()
+        w_lat = self.lattice_flow.loss_weight(step.float(), steps).view(-1, 1, 1)
         lattice_loss = (w_lat * (lattice_hat - lattice) ** 2).mean()
         loss = coord_loss + lattice_loss
-        return loss, {"loss": loss.item(), "coord_loss": coord_loss.item(), "lattice_loss": lattice_loss.item(), "steps": steps}
+        return loss, {"loss": loss.item(), "coord_loss": coord_loss.item(),
+                      "lattice_loss": lattice_loss.item(), "steps": steps}
+
+    @torch.no_grad()
+    def _rollout(self, batch, x, lattice, step, steps, generator):
+        """Flow centres for theta_{i-1}: the truth, or for a share ``rollout_prob`` of crystals
+        with i >= 2, the model's own prediction at step i-1 from theta_{i-2} drawn around the
+        truth. End-back sampling feeds the network draws around its previous prediction, never
+        around the truth; this teaches it to correct its own errors of the previous step."""
+        device, batch_idx = x.device, batch.batch_idx
+        _, _, bank = self.coord_flow.tables(steps, device)
+        prev = (step - 2).clamp_min(0)
+        updates = prev[batch_idx].unsqueeze(-1)
+        m, c = bank.draw(x, updates, generator)
+        u = self.coord_flow.entropy_condition(c, updates)
+        t = prev.float() / steps
+        lattice_in = self.lattice_flow.draw(lattice, t.view(-1, 1, 1), generator)
+        x_prev, lattice_prev = self.denoiser(batch.atom_types, m, u, t, lattice_in, batch.num_atoms)
+        coin = torch.rand(step.shape, generator=generator, device=device)
+        use = (step >= 2) & (coin < self.config.method.rollout_prob)
+        centre = torch.where(use[batch_idx].unsqueeze(-1), x_prev, x)
+        return centre, torch.where(use.view(-1, 1, 1), lattice_prev, lattice)
 
     @torch.no_grad()
     def sample(self, spec: CrystalBatch, steps: int, generator: torch.Generator | None = None) -> CrystalBatch:
-        """End-back sampling with N = ``steps`` network evaluations."""
+        """End-back sampling with N = ``steps`` network evaluations.
+
+        Runs on the model's device (``generator``, if given, must live there too); the result is
+        returned on the CPU.
+        """
         if int(steps) != steps or steps < 1:
             raise ValueError(f"number of steps N must be an integer >= 1, got {steps!r}")
         steps = int(steps)  # an integral float such as 10.0 is accepted above; range() needs an int
-        _, _, bank = self.coord_flow.tables(steps)
         device = self._device()
+        _, _, bank = self.coord_flow.tables(steps, device)
         num_atoms, atom_types = spec.num_atoms.to(device), spec.atom_types.to(device)
-        n_atoms, n_crystals = int(num_atoms.sum()), num_atoms.numel()
-        zeros = torch.zeros((n_atoms, 3))
-        m, c = bank.draw(zeros, torch.zeros(1, dtype=torch.long), generator)
+        n_atoms, n_crystals = int(spec.num_atoms.sum()), spec.num_atoms.numel()
+        index = torch.zeros(1, dtype=torch.long, device=device)
+        m, c = bank.draw(torch.zeros((n_atoms, 3), device=device), index, generator)
         u = torch.zeros_like(c)
-        lattice_in = torch.zeros((n_crystals, 3, 3))
+        lattice_in = torch.zeros((n_crystals, 3, 3), device=device)
         for i in range(1, steps + 1):
-            t = torch.full((n_crystals,), (i - 1) / steps)
-            x_hat, lattice_hat = self.denoiser(
-                atom_types, m.to(device), u.to(device), t.to(device), lattice_in.to(device), num_atoms
-            )
+            t = torch.full((n_crystals,), (i - 1) / steps, device=device)
+            x_hat, lattice_hat = self.denoiser(atom_types, m, u, t, lattice_in, num_atoms)
             if i < steps:  # end-back: redraw theta_i from the flow centred on the prediction
-                index = torch.full((1,), i, dtype=torch.long)
-                m, c = bank.draw(x_hat.cpu(), index, generator)
+                index = torch.full((1,), i, dtype=torch.long, device=device)
+                m, c = bank.draw(x_hat, index, generator)
                 u = self.coord_flow.entropy_condition(c, index)
-                lattice_in = self.lattice_flow.draw(lattice_hat.cpu(), torch.tensor(i / steps), generator)
+                lattice_in = self.lattice_flow.draw(lattice_hat, i / steps, generator)
         return CrystalBatch(
             frac_coords=angle_to_frac(x_hat).float().cpu(),
             lattice=(lattice_hat * self.lattice_std).float().cpu(),

@@ -40,21 +40,31 @@ class NoiseBank:
         walks = np.concatenate([np.zeros((size, 1)), walks], axis=1)
         self.angle = torch.from_numpy(np.angle(walks)).float()  # (R, N+1)
         self.length = torch.from_numpy(np.abs(walks)).float()  # (R, N+1)
+        self._copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def draw(self, centre: torch.Tensor, index: torch.Tensor, generator=None):
         """theta_index ~ p_F(. | centre): centre (..., 3) angles, index broadcastable (int).
 
-        Returns (m, c). Where index == 0 (the prior) c = 0 and m is uniform.
+        Returns (m, c). Where index == 0 (the prior) c = 0 and m is uniform. Draws happen on
+        centre's device (``generator``, if given, must live there); the walks are copied to
+        each device once.
         """
-        rows = torch.randint(0, self.angle.shape[0], centre.shape, generator=generator)
-        index = index.expand_as(centre).cpu()
-        m = wrap(centre + self.angle[rows, index].to(centre.device))
-        c = self.length[rows, index].to(centre.device)
-        prior = (index == 0).to(centre.device)
-        if prior.any():
-            uniform = (torch.rand(centre.shape, generator=generator) * TWO_PI - math.pi).to(m)
-            m = torch.where(prior, uniform, m)
-        return m, c
+        device = centre.device
+        angle, length = self.on(device)
+        rows = torch.randint(0, angle.shape[0], centre.shape, generator=generator, device=device)
+        index = index.expand_as(centre)
+        m = wrap(centre + angle[rows, index])
+        c = length[rows, index]
+        # drawn unconditionally: branching on (index == 0).any() would sync with the device
+        uniform = torch.rand(centre.shape, generator=generator, device=device) * TWO_PI - math.pi
+        return torch.where(index == 0, uniform.to(m.dtype), m), c
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(angle, length) walk tables on ``device``, copied there once."""
+        key = str(device)
+        if key not in self._copies:
+            self._copies[key] = (self.angle.to(device), self.length.to(device))
+        return self._copies[key]
 
 
 class VonMisesFlow:
@@ -64,8 +74,11 @@ class VonMisesFlow:
         self.beta1, self.bank_size, self.seed = beta1, bank_size, seed
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, NoiseBank]] = {}
 
-    def tables(self, steps: int) -> tuple[torch.Tensor, torch.Tensor, NoiseBank]:
-        """(alphas (N,), loss weights N alpha A(alpha) (N,), noise bank) for N = steps."""
+    def tables(self, steps: int, device: torch.device | str = "cpu"):
+        """(alphas (N,), loss weights N alpha A(alpha) (N,), noise bank) for N = steps.
+
+        alphas and weights are returned on ``device``; the bank copies itself on first draw.
+        """
         if steps < 1:
             raise ValueError(f"number of steps N must be >= 1, got {steps}")
         if steps not in self._cache:
@@ -75,7 +88,8 @@ class VonMisesFlow:
             size = int(max(1024, min(self.bank_size, 8_000_000 // (steps + 1))))
             bank = NoiseBank(alphas, size, seed=self.seed + steps)
             self._cache[steps] = (torch.from_numpy(alphas).float(), torch.from_numpy(weights).float(), bank)
-        return self._cache[steps]
+        alphas, weights, bank = self._cache[steps]
+        return alphas.to(device), weights.to(device), bank
 
     def entropy_condition(self, c: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Normalised log concentration u in [0, ~1]; 0 for the prior (docs §2)."""
@@ -93,9 +107,10 @@ class GaussianFlow:
         return 1.0 - self.sigma1 ** (2.0 * t)
 
     def draw(self, x: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
-        """mu ~ N(gamma x, gamma (1 - gamma)); t broadcastable to x."""
-        g = self.gamma(t)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        """mu ~ N(gamma x, gamma (1 - gamma)); t (float or tensor) broadcastable to x; drawn on
+        x's device."""
+        g = self.gamma(torch.as_tensor(t, dtype=x.dtype, device=x.device))
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return g * x + torch.sqrt(g * (1.0 - g)) * noise
 
     def loss_weight(self, index: torch.Tensor, steps: int) -> torch.Tensor:

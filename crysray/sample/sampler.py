@@ -32,9 +32,12 @@ class Composition:
 PRECISIONS = {"fp32", "bf16"}
 
 
-def unit_generator(seed: int, work_unit: int) -> torch.Generator:
+def unit_generator(seed: int, work_unit: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The unit's random stream, on the device the model samples on (the noise is drawn there;
+    a unit is reproducible on a given device type, not across CPU and GPU)."""
     # distinct, well-mixed streams per unit (not seed + unit, which collides across runs)
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, work_unit]).generate_state(1)[0]))
+    state = int(np.random.SeedSequence([seed, work_unit]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(state)
 
 
 def default_device() -> str:
@@ -59,7 +62,7 @@ class CrystalSampler:
 
     def sample_unit(self, work_unit: int, seed: int, compositions: list[Composition], first_index: int = 0) -> pa.Table:
         """Crystals for ``compositions`` (CSP), in batches of ``batch_size``, as one table."""
-        generator = unit_generator(seed, work_unit)
+        generator = unit_generator(seed, work_unit, self.device)
         tables = []
         for start in range(0, len(compositions), self.batch_size):
             chunk = compositions[start : start + self.batch_size]

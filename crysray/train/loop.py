@@ -40,13 +40,18 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1.0 - decay)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def evaluate_loss(model, batches: Iterable[CrystalBatch], seed: int = 1234) -> float:
     """Mean loss over batches with a fixed generator, so values are comparable over time."""
-    generator = torch.Generator().manual_seed(seed)
+    device = model_device(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
     total, count = 0.0, 0
     for batch in batches:
-        loss, _ = model.loss(batch, generator)
+        loss, _ = model.loss(batch.to(device), generator)
         total += float(loss) * batch.num_crystals
         count += batch.num_crystals
     return total / max(count, 1)
@@ -83,8 +88,12 @@ def train(
     if checkpoint_path.exists():
         state = _resume(checkpoint_path, model, ema, optimizer, config)
         log.info("resumed from %s at step %d", checkpoint_path, state["step"])
+    elif t.init_from:
+        _initialise(t.init_from, model, ema, config)
+        log.info("initialised from the EMA weights of %s", t.init_from)
     trained = wrap_model(model)
-    generator = torch.Generator().manual_seed(t.seed * 1000 + rank + state["step"])
+    # draws happen where the model lives; a device generator keeps them reproducible there
+    generator = torch.Generator(device=device).manual_seed(t.seed * 1000 + rank + state["step"])
     start = time.monotonic() - state["elapsed"] * 60
     metrics: dict = {}
     while not _finished(config, state):
@@ -156,6 +165,17 @@ def _resume(path, model, ema, optimizer, config) -> dict:
     optimizer.load_state_dict(payload["optimizer"])
     state = {k: payload[k] for k in ("step", "epoch", "elapsed", "history")}
     return {**state, "batch": payload.get("batch", 0)}  # runs saved before "batch" existed
+
+
+def _initialise(path, model, ema, config) -> None:
+    payload = read_checkpoint(path)
+    saved = payload.get("config", {})
+    # only the architecture and data must agree; loss options may differ from the source run
+    changed = [k for k in ("net", "data") if saved.get(k) != config.to_dict()[k]]
+    if changed:
+        raise ValueError(f"{path} holds a model with a different {'/'.join(changed)} configuration")
+    load_weights(model, payload["ema"], str(path))
+    load_weights(ema, payload["ema"], str(path))
 
 
 def _fmt(d: dict) -> str:
