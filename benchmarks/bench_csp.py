@@ -40,8 +40,14 @@ def network_gflops(checkpoint: str, batch_size: int, precision: str, repeats: in
     table = load_split(dataset_path("perov_5", "test")).subset(range(batch_size))
     spec = composition_batch(table_compositions(table))
     n = int(spec.num_atoms.sum())
-    inputs = (spec.atom_types, torch.rand(n, 3) * 6.28 - 3.14, torch.rand(n, 3), torch.rand(batch_size),
-              torch.randn(batch_size, 3, 3), spec.num_atoms)
+    inputs = (
+        spec.atom_types,
+        torch.rand(n, 3) * 6.28 - 3.14,
+        torch.rand(n, 3),
+        torch.rand(batch_size),
+        torch.randn(batch_size, 3, 3),
+        spec.num_atoms,
+    )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         with FlopCounterMode(display=False) as counter:
@@ -49,12 +55,18 @@ def network_gflops(checkpoint: str, batch_size: int, precision: str, repeats: in
         flops = counter.get_total_flops()
         seconds = _best_time(lambda: model.denoiser(*inputs), repeats)
     hidden = model.config.net.hidden_dim
-    edges = int((spec.num_atoms ** 2).sum())
+    edges = int((spec.num_atoms**2).sum())
     a, b = torch.randn(edges, hidden, dtype=dtype), torch.randn(hidden, hidden, dtype=dtype)
     mm_seconds = _best_time(lambda: a @ b, repeats * 4)
     net, mm = flops / seconds / 1e9, 2 * edges * hidden * hidden / mm_seconds / 1e9
-    return {"precision": precision, "network_gflop_per_forward": flops / 1e9, "network_gflops": net,
-            "matmul_shape": [edges, hidden, hidden], "matmul_gflops": mm, "network_over_matmul": net / mm}
+    return {
+        "precision": precision,
+        "network_gflop_per_forward": flops / 1e9,
+        "network_gflops": net,
+        "matmul_shape": [edges, hidden, hidden],
+        "matmul_gflops": mm,
+        "network_over_matmul": net / mm,
+    }
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -67,11 +79,15 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-COLUMNS = [("match_rate", "match rate @1", "{:.2%}"), ("rmse", "RMSE (matches)", "{:.4f}"),
-           ("tight_0.05", "RMSE < 0.05", "{:.2%}"), ("tight_0.1", "RMSE < 0.1", "{:.2%}"),
-           ("rmse_all", "RMSE all (unmatched = 0.5)", "{:.4f}"),
-           ("close_atoms_share", "atoms < 0.5 A", "{:.2%}"),
-           ("crystals_per_second", "sampling crystals/s", "{:.1f}")]
+COLUMNS = [
+    ("match_rate", "match rate @1", "{:.2%}"),
+    ("rmse", "RMSE (matches)", "{:.4f}"),
+    ("tight_0.05", "RMSE < 0.05", "{:.2%}"),
+    ("tight_0.1", "RMSE < 0.1", "{:.2%}"),
+    ("rmse_all", "RMSE all (unmatched = 0.5)", "{:.4f}"),
+    ("close_atoms_share", "atoms < 0.5 A", "{:.2%}"),
+    ("crystals_per_second", "sampling crystals/s", "{:.1f}"),
+]
 
 
 def table(runs: list[dict]) -> str:
@@ -79,25 +95,41 @@ def table(runs: list[dict]) -> str:
     head = ["model", "N", "precision"] + [c[1] for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        cells = [r["label"], str(r["steps"]), r["precision"]] + [f.format(r[k]) for k, _, f in COLUMNS]
+        cells = [r["label"], str(r["steps"]), r["precision"]] + [
+            f.format(r[k]) for k, _, f in COLUMNS
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "crysbfn_perov5.pt"))
-    p.add_argument("--compare", nargs="*", default=[], metavar="LABEL=PATH",
-                   help="other checkpoints measured in the same run at --compare-steps")
+    p.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="LABEL=PATH",
+        help="other checkpoints measured in the same run at --compare-steps",
+    )
     p.add_argument("--compare-steps", type=int, nargs="+", default=[10])
     p.add_argument("--steps", type=int, nargs="+", default=[10, 50, 200])
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--bf16-steps", type=int, nargs="*", default=None,
-                   help="run bf16 only at these N (default: at every N)")
+    p.add_argument(
+        "--bf16-steps",
+        type=int,
+        nargs="*",
+        default=None,
+        help="run bf16 only at these N (default: at every N)",
+    )
     p.add_argument("--workers", type=int, default=2, help="processes for structure matching")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--limit", type=int, default=None, help="first LIMIT test crystals (default: all)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="first LIMIT test crystals (default: all)"
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "csp_perov5.json")
     args = p.parse_args()
     if args.threads:
@@ -105,22 +137,40 @@ def main() -> int:
     # compared checkpoints first, right before the new one at the same N, so that the
     # throughputs are measured close together on a shared machine
     models = [(*item.split("=", 1), args.compare_steps) for item in args.compare] + [
-        ("new", args.checkpoint, args.steps)]
-    record = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-              "torch": torch.__version__, "checkpoint": args.checkpoint, "runs": [],
-              "stol_for_unmatched": 0.5,
-              "network": [network_gflops(args.checkpoint, args.batch_size, p) for p in args.precisions]}
+        ("new", args.checkpoint, args.steps)
+    ]
+    record = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "checkpoint": args.checkpoint,
+        "runs": [],
+        "stol_for_unmatched": 0.5,
+        "network": [network_gflops(args.checkpoint, args.batch_size, p) for p in args.precisions],
+    }
     print(json.dumps(record["network"]), flush=True)
     for label, checkpoint, steps_list in models:
         for steps in steps_list:
             for precision in args.precisions:
-                if precision == "bf16" and args.bf16_steps is not None and steps not in args.bf16_steps:
+                if (
+                    precision == "bf16"
+                    and args.bf16_steps is not None
+                    and steps not in args.bf16_steps
+                ):
                     continue
                 start = time.perf_counter()
-                result = evaluate_csp(checkpoint, steps=steps, batch_size=args.batch_size, limit=args.limit,
-                                      precision=precision, workers=args.workers)
+                result = evaluate_csp(
+                    checkpoint,
+                    steps=steps,
+                    batch_size=args.batch_size,
+                    limit=args.limit,
+                    precision=precision,
+                    workers=args.workers,
+                )
                 # sampling + matching + loading: what a user waits for per evaluated crystal
-                result["whole_run_crystals_per_second"] = result["n"] / (time.perf_counter() - start)
+                result["whole_run_crystals_per_second"] = result["n"] / (
+                    time.perf_counter() - start
+                )
                 result["label"] = label
                 record["runs"].append(result)
                 print(json.dumps(result), flush=True)

@@ -49,20 +49,35 @@ def test_subset(n: int = 500):
 def to_structures(batch: CrystalBatch) -> list:
     out = []
     for b in batch.split():
-        out.append(arrays_to_structure(b.lattice[0].double().numpy(), b.frac_coords.double().numpy(),
-                                       b.atom_types.numpy()))
+        out.append(
+            arrays_to_structure(
+                b.lattice[0].double().numpy(), b.frac_coords.double().numpy(), b.atom_types.numpy()
+            )
+        )
     return out
 
 
 def score(batch: CrystalBatch, table) -> dict:
     m = match_rate_rmse([[s] for s in to_structures(batch)], table.structures(), workers=1)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()
-            if k not in ("match_rate_at_k", "rmse_at_k", "k")}
+    return {
+        k: (round(v, 4) if isinstance(v, float) else v)
+        for k, v in m.items()
+        if k not in ("match_rate_at_k", "rmse_at_k", "k")
+    }
 
 
 @torch.no_grad()
-def sample_variant(model, spec, steps, generator, mode="end_back", seed=0, truth=None, handoff=0,
-                   handoff_parts=("coords", "lattice")):
+def sample_variant(
+    model,
+    spec,
+    steps,
+    generator,
+    mode="end_back",
+    seed=0,
+    truth=None,
+    handoff=0,
+    handoff_parts=("coords", "lattice"),
+):
     """End-back (as shipped) or the sequential BFN update ("vanilla", docs §2) sampler.
 
     With ``truth`` and ``handoff`` = k, the inputs of steps 2..k are drawn around the true
@@ -101,8 +116,9 @@ def sample_variant(model, spec, steps, generator, mode="end_back", seed=0, truth
             y_lat = lat_hat + torch.randn(lat_hat.shape, generator=generator) / math.sqrt(a_lat)
             lattice_in = (rho * lattice_in + a_lat * y_lat) / (rho + a_lat)
             rho = rho + a_lat
-    return CrystalBatch(angle_to_frac(x_hat), lat_hat * model.lattice_std, spec.atom_types,
-                        spec.num_atoms)
+    return CrystalBatch(
+        angle_to_frac(x_hat), lat_hat * model.lattice_std, spec.atom_types, spec.num_atoms
+    )
 
 
 def cmd_handoff(args) -> dict:
@@ -116,10 +132,21 @@ def cmd_handoff(args) -> dict:
         ks = sorted({1, 2, steps // 4 + 1, steps // 2 + 1, 3 * steps // 4 + 1})
         for parts in args.parts:
             for k in ks if parts == "coords+lattice" else [2, 3]:
-                out = sample_variant(model, spec, steps, torch.Generator().manual_seed(0),
-                                     truth=truth, handoff=k, handoff_parts=parts.split("+"))
-                row = {"steps": steps, "truth_centred": parts, "sampler_from_step": k,
-                       **score(out, table)}
+                out = sample_variant(
+                    model,
+                    spec,
+                    steps,
+                    torch.Generator().manual_seed(0),
+                    truth=truth,
+                    handoff=k,
+                    handoff_parts=parts.split("+"),
+                )
+                row = {
+                    "steps": steps,
+                    "truth_centred": parts,
+                    "sampler_from_step": k,
+                    **score(out, table),
+                }
                 print(json.dumps(row), flush=True)
                 results.append(row)
     return {"checkpoint": args.checkpoint, "n": args.n, "runs": results}
@@ -136,12 +163,18 @@ def cmd_sampler(args) -> dict:
             start = time.perf_counter()
             out = sample_variant(model, spec, steps, torch.Generator().manual_seed(0), mode)
             seconds = time.perf_counter() - start
-            row = {"steps": steps, "sampler": mode, "seconds": round(seconds, 2), **score(out, table)}
+            row = {
+                "steps": steps,
+                "sampler": mode,
+                "seconds": round(seconds, 2),
+                **score(out, table),
+            }
             if mode == "end_back" and not args.quick:
                 # which half of the output is loose: swap in the true lattice or true coordinates
                 row["with_true_lattice"] = score(out.replace(lattice=truth.lattice.float()), table)
-                row["with_true_coords"] = score(out.replace(frac_coords=truth.frac_coords.float()),
-                                                table)
+                row["with_true_coords"] = score(
+                    out.replace(frac_coords=truth.frac_coords.float()), table
+                )
             print(json.dumps(row), flush=True)
             results.append(row)
     return {"checkpoint": args.checkpoint, "n": args.n, "runs": results}
@@ -161,8 +194,9 @@ def probe(model, batch, steps_list=(10, 50, 200), seed=0) -> list:
     rows = []
 
     def centred_rms(d):
-        shift = torch.atan2(*(_segment_mean(f(d), bidx, batch.num_crystals)
-                              for f in (torch.sin, torch.cos)))
+        shift = torch.atan2(
+            *(_segment_mean(f(d), bidx, batch.num_crystals) for f in (torch.sin, torch.cos))
+        )
         return wrap(d - shift[bidx]).pow(2).mean().sqrt().item()
 
     for steps in steps_list:
@@ -174,10 +208,16 @@ def probe(model, batch, steps_list=(10, 50, 200), seed=0) -> list:
             t = torch.full((batch.num_crystals,), (i - 1) / steps)
             lat_in = model.lattice_flow.draw(lat, t.view(-1, 1, 1), g)
             x_hat, lat_hat = model.denoiser(batch.atom_types, m, u, t, lat_in, batch.num_atoms)
-            rows.append({"steps": steps, "i": i, "input_rms": round(centred_rms(wrap(m - x)), 5),
-                         "x_hat_rms": round(centred_rms(wrap(x_hat - x)), 5),
-                         "lattice_in_rms": round((lat_in - lat).pow(2).mean().sqrt().item(), 5),
-                         "lattice_hat_rms": round((lat_hat - lat).pow(2).mean().sqrt().item(), 5)})
+            rows.append(
+                {
+                    "steps": steps,
+                    "i": i,
+                    "input_rms": round(centred_rms(wrap(m - x)), 5),
+                    "x_hat_rms": round(centred_rms(wrap(x_hat - x)), 5),
+                    "lattice_in_rms": round((lat_in - lat).pow(2).mean().sqrt().item(), 5),
+                    "lattice_hat_rms": round((lat_hat - lat).pow(2).mean().sqrt().item(), 5),
+                }
+            )
     return rows
 
 
@@ -198,18 +238,27 @@ def cmd_probe(args) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("command", choices=["sampler", "probe", "handoff"])
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "crysbfn_perov5.pt"))
     p.add_argument("--steps", type=int, nargs="+", default=[10, 50, 200])
     p.add_argument("--n", type=int, default=500)
-    p.add_argument("--parts", nargs="+", default=["coords+lattice"],
-                   choices=["coords+lattice", "coords", "lattice"], help="handoff: what is truth-centred")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["coords+lattice"],
+        choices=["coords+lattice", "coords", "lattice"],
+        help="handoff: what is truth-centred",
+    )
     p.add_argument("--quick", action="store_true", help="sampler: shipped end-back only")
     p.add_argument("--label", default=None, help="key in the JSON record (default: command)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    result = {"sampler": cmd_sampler, "probe": cmd_probe, "handoff": cmd_handoff}[args.command](args)
+    result = {"sampler": cmd_sampler, "probe": cmd_probe, "handoff": cmd_handoff}[args.command](
+        args
+    )
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
     record[args.label or args.command] = result
     OUT.parent.mkdir(parents=True, exist_ok=True)

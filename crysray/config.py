@@ -93,7 +93,9 @@ class RunConfig:
         return RunConfig.from_dict(d)
 
     def replace(self, section: str, **values) -> RunConfig:
-        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
+        return dataclasses.replace(
+            self, **{section: dataclasses.replace(getattr(self, section), **values)}
+        )
 
 
 _SECTIONS = {"net": NetConfig, "method": MethodConfig, "data": DataConfig, "train": TrainConfig}
@@ -105,7 +107,9 @@ def _build(cls, values: dict):
     if unknown:
         raise ValueError(f"unknown keys in config section {cls.__name__}: {sorted(unknown)}")
     defaults = cls()
-    return cls(**{k: _coerce(getattr(defaults, k), v, f"{cls.__name__}.{k}") for k, v in values.items()})
+    return cls(
+        **{k: _coerce(getattr(defaults, k), v, f"{cls.__name__}.{k}") for k, v in values.items()}
+    )
 
 
 def _coerce(default, value, name: str):
@@ -117,7 +121,9 @@ def _coerce(default, value, name: str):
             return bool(value)
         return type(default)(value)
     except (TypeError, ValueError):
-        raise ValueError(f"config {name}: cannot use {value!r} as {type(default).__name__}") from None
+        raise ValueError(
+            f"config {name}: cannot use {value!r} as {type(default).__name__}"
+        ) from None
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:

@@ -235,8 +235,9 @@ def test_rollout_feeds_the_models_own_previous_prediction(batch):
     lattice = batch.lattice / LATTICE_STD
     step = torch.tensor([1, 2, 7])
     with Capture(model.denoiser) as capture:
-        centre, lattice_centre = model._rollout(batch, x, lattice, step, 10,
-                                                torch.Generator().manual_seed(3))
+        centre, lattice_centre = model._rollout(
+            batch, x, lattice, step, 10, torch.Generator().manual_seed(3)
+        )
     ((args, (x_prev, lattice_prev)),) = capture.calls
     first = batch.batch_idx == 0
     assert torch.equal(centre[first], x[first]) and torch.equal(lattice_centre[0], lattice[0])

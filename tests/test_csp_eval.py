@@ -170,8 +170,11 @@ def test_close_atoms_share_on_hand_built_structures():
 def test_tight_and_loose_matches_separate():
     target = _srtio3()
     tight, loose = _srtio3(0.005), _srtio3(0.2)
-    clash = Structure(target.lattice, target.species,
-                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.05, 0, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    clash = Structure(
+        target.lattice,
+        target.species,
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.05, 0, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
     rms_tight = MATCHER.get_rms_dist(tight, target)[0]
     rms_loose = MATCHER.get_rms_dist(loose, target)[0]
     assert rms_tight < 0.05 and 0.1 < rms_loose < STOL

@@ -29,8 +29,11 @@ class OneDevice(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        devices = {t.device for t in tree_leaves((args, kwargs))
-                   if isinstance(t, torch.Tensor) and t.dim() > 0}
+        devices = {
+            t.device
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor) and t.dim() > 0
+        }
         if len(devices) > 1:
             raise AssertionError(f"{getattr(func, '__name__', func)} mixes devices {devices}")
         return func(*args, **kwargs)
@@ -43,10 +46,18 @@ def on_one_device():
 
 
 def _model(overrides=()) -> CrysBFN:
-    config = load_config("crysbfn_perov5", ["net.hidden_dim=16", "net.num_layers=1",
-                                            "net.num_freqs=4", "net.time_dim=8",
-                                            "method.train_steps=[5]", "method.noise_bank_size=512",
-                                            *overrides])
+    config = load_config(
+        "crysbfn_perov5",
+        [
+            "net.hidden_dim=16",
+            "net.num_layers=1",
+            "net.num_freqs=4",
+            "net.time_dim=8",
+            "method.train_steps=[5]",
+            "method.noise_bank_size=512",
+            *overrides,
+        ],
+    )
     return CrysBFN(config.replace("data", lattice_std=2.0))
 
 
@@ -54,8 +65,12 @@ def _batch() -> CrystalBatch:
     g = torch.Generator().manual_seed(0)
     num_atoms = torch.tensor([2, 3, 3])
     n = int(num_atoms.sum())
-    return CrystalBatch(torch.rand(n, 3, generator=g), 4.0 * torch.eye(3).repeat(3, 1, 1),
-                        torch.tensor([8, 22, 8, 38, 22, 8, 38, 8]), num_atoms)
+    return CrystalBatch(
+        torch.rand(n, 3, generator=g),
+        4.0 * torch.eye(3).repeat(3, 1, 1),
+        torch.tensor([8, 22, 8, 38, 22, 8, 38, 8]),
+        num_atoms,
+    )
 
 
 def test_the_check_catches_a_tensor_left_on_the_default_device():
@@ -68,8 +83,9 @@ def test_the_check_catches_a_tensor_left_on_the_default_device():
         assert torch.equal(weights + torch.zeros(4, device=weights.device), weights)
 
 
-@pytest.mark.parametrize("overrides", [(), ("method.rollout_prob=0.5",
-                                            "method.coord_weight_cap=100")])
+@pytest.mark.parametrize(
+    "overrides", [(), ("method.rollout_prob=0.5", "method.coord_weight_cap=100")]
+)
 def test_loss_and_sampling_stay_on_the_model_device(overrides):
     model, batch = _model(overrides), _batch()
     generator = torch.Generator(device="cpu").manual_seed(0)

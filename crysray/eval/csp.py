@@ -7,9 +7,9 @@ Matching is the slow part (seconds per hundred pairs), so it runs in a process p
 
 The mean RMSE over matches alone cannot tell a tight model from a loose one (a model that
 matches few crystals tightly and one that matches many loosely can have the same value), so
-``match_rate_rmse`` also reports the share of crystals matched within RMSE 0.05 and 0.1, an RMSE over
-all crystals in which an unmatched crystal counts at the matcher's tolerance (stol = 0.5), and
-the share of generated structures with two atoms closer than 0.5 A.
+``match_rate_rmse`` also reports the share of crystals matched within RMSE 0.05 and 0.1, an
+RMSE over all crystals in which an unmatched crystal counts at the matcher's tolerance
+(stol = 0.5), and the share of generated structures with two atoms closer than 0.5 A.
 """
 
 from __future__ import annotations
@@ -89,8 +89,11 @@ def tightness(rms: list[float | None]) -> dict:
     values = np.array([STOL if r is None else min(r, STOL) for r in rms])
     out = {f"tight_{t:g}": float(np.mean(values < t)) for t in TIGHT_RMSE}
     out["rmse_all"] = float(values.mean())
-    out["rmse_median"] = float(np.median([r for r in rms if r is not None])) if any(
-        r is not None for r in rms) else math.nan
+    out["rmse_median"] = (
+        float(np.median([r for r in rms if r is not None]))
+        if any(r is not None for r in rms)
+        else math.nan
+    )
     return out
 
 

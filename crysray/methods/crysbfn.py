@@ -47,7 +47,9 @@ class CrysBFNDenoiser(nn.Module):
 
     def forward(self, atom_types, m, u, t, lattice, num_atoms):
         """atom_types (N,) Z; m, u (N, 3); t (B,) in [0, 1); lattice (B, 3, 3) normalised."""
-        batch_idx = torch.repeat_interleave(torch.arange(num_atoms.numel(), device=m.device), num_atoms)
+        batch_idx = torch.repeat_interleave(
+            torch.arange(num_atoms.numel(), device=m.device), num_atoms
+        )
         time = sinusoidal_embedding(t, self.time_dim)[batch_idx]
         h = self.atom_latent(torch.cat([self.type_embedding(atom_types), time, u], dim=-1))
         h = self.backbone(h, (m + math.pi) / (2 * math.pi), lattice, num_atoms).to(m.dtype)
@@ -95,7 +97,9 @@ class CrysBFN(nn.Module):
         steps = cfg.train_steps[int(choice)]
         _, coord_weights, bank = self.coord_flow.tables(steps, device)
         batch_idx = batch.batch_idx
-        step = torch.randint(1, steps + 1, (batch.num_crystals,), generator=generator, device=device)
+        step = torch.randint(
+            1, steps + 1, (batch.num_crystals,), generator=generator, device=device
+        )
 
         x = frac_to_angle(batch.frac_coords)
         lattice = batch.lattice / self.lattice_std
@@ -116,8 +120,12 @@ class CrysBFN(nn.Module):
         w_lat = self.lattice_flow.loss_weight(step.float(), steps).view(-1, 1, 1)
         lattice_loss = (w_lat * (lattice_hat - lattice) ** 2).mean()
         loss = coord_loss + lattice_loss
-        return loss, {"loss": loss.item(), "coord_loss": coord_loss.item(),
-                      "lattice_loss": lattice_loss.item(), "steps": steps}
+        return loss, {
+            "loss": loss.item(),
+            "coord_loss": coord_loss.item(),
+            "lattice_loss": lattice_loss.item(),
+            "steps": steps,
+        }
 
     @torch.no_grad()
     def _rollout(self, batch, x, lattice, step, steps, generator):
@@ -140,7 +148,9 @@ class CrysBFN(nn.Module):
         return centre, torch.where(use.view(-1, 1, 1), lattice_prev, lattice)
 
     @torch.no_grad()
-    def sample(self, spec: CrystalBatch, steps: int, generator: torch.Generator | None = None) -> CrystalBatch:
+    def sample(
+        self, spec: CrystalBatch, steps: int, generator: torch.Generator | None = None
+    ) -> CrystalBatch:
         """End-back sampling with N = ``steps`` network evaluations.
 
         Runs on the model's device (``generator``, if given, must live there too); the result is

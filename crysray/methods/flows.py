@@ -87,7 +87,11 @@ class VonMisesFlow:
             # keep the bank near 64 MB whatever N is
             size = int(max(1024, min(self.bank_size, 8_000_000 // (steps + 1))))
             bank = NoiseBank(alphas, size, seed=self.seed + steps)
-            self._cache[steps] = (torch.from_numpy(alphas).float(), torch.from_numpy(weights).float(), bank)
+            self._cache[steps] = (
+                torch.from_numpy(alphas).float(),
+                torch.from_numpy(weights).float(),
+                bank,
+            )
         alphas, weights, bank = self._cache[steps]
         return alphas.to(device), weights.to(device), bank
 
@@ -115,4 +119,8 @@ class GaussianFlow:
 
     def loss_weight(self, index: torch.Tensor, steps: int) -> torch.Tensor:
         """Discrete-time weight N (1 - sigma1^(2/N)) / (2 sigma1^(2i/N)) (docs §3)."""
-        return steps * (1.0 - self.sigma1 ** (2.0 / steps)) / (2.0 * self.sigma1 ** (2.0 * index / steps))
+        return (
+            steps
+            * (1.0 - self.sigma1 ** (2.0 / steps))
+            / (2.0 * self.sigma1 ** (2.0 * index / steps))
+        )

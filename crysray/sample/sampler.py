@@ -32,7 +32,9 @@ class Composition:
 PRECISIONS = {"fp32", "bf16"}
 
 
-def unit_generator(seed: int, work_unit: int, device: str | torch.device = "cpu") -> torch.Generator:
+def unit_generator(
+    seed: int, work_unit: int, device: str | torch.device = "cpu"
+) -> torch.Generator:
     """The unit's random stream, on the device the model samples on (the noise is drawn there;
     a unit is reproducible on a given device type, not across CPU and GPU)."""
     # distinct, well-mixed streams per unit (not seed + unit, which collides across runs)
@@ -47,8 +49,15 @@ def default_device() -> str:
 class CrystalSampler:
     """Loads a checkpoint once; ``sample_unit`` generates one work unit's crystals."""
 
-    def __init__(self, checkpoint: str, steps: int, batch_size: int = 512, device: str | None = None,
-                 threads: int | None = None, precision: str = "fp32"):
+    def __init__(
+        self,
+        checkpoint: str,
+        steps: int,
+        batch_size: int = 512,
+        device: str | None = None,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ):
         if threads:
             torch.set_num_threads(threads)
         if steps < 1:
@@ -60,20 +69,32 @@ class CrystalSampler:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.steps, self.batch_size, self.precision = int(steps), int(batch_size), precision
 
-    def sample_unit(self, work_unit: int, seed: int, compositions: list[Composition], first_index: int = 0) -> pa.Table:
+    def sample_unit(
+        self, work_unit: int, seed: int, compositions: list[Composition], first_index: int = 0
+    ) -> pa.Table:
         """Crystals for ``compositions`` (CSP), in batches of ``batch_size``, as one table."""
         generator = unit_generator(seed, work_unit, self.device)
         tables = []
         for start in range(0, len(compositions), self.batch_size):
             chunk = compositions[start : start + self.batch_size]
-            with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16,
-                                enabled=self.precision == "bf16"):
+            with torch.autocast(
+                torch.device(self.device).type,
+                dtype=torch.bfloat16,
+                enabled=self.precision == "bf16",
+            ):
                 crystals = self.model.sample(composition_batch(chunk), self.steps, generator)
-            tables.append(batch_to_table(
-                crystals, work_unit=work_unit, first_index=first_index + start,
-                source_ids=[c.source_id for c in chunk], method=self.model.name,
-                checkpoint_hash=self.checkpoint_hash, steps=self.steps, seed=seed,
-            ))
+            tables.append(
+                batch_to_table(
+                    crystals,
+                    work_unit=work_unit,
+                    first_index=first_index + start,
+                    source_ids=[c.source_id for c in chunk],
+                    method=self.model.name,
+                    checkpoint_hash=self.checkpoint_hash,
+                    steps=self.steps,
+                    seed=seed,
+                )
+            )
         return pa.concat_tables(tables)
 
 

@@ -112,11 +112,27 @@ def train(
             update_ema(ema, model, decay)
             state["elapsed"] = (time.monotonic() - start) / 60
             if is_main and state["step"] % t.log_every == 0:
-                log.info("step %d epoch %d %.1f min lr %.2e %s", state["step"], state["epoch"],
-                         state["elapsed"], optimizer.param_groups[0]["lr"], _fmt(metrics))
+                log.info(
+                    "step %d epoch %d %.1f min lr %.2e %s",
+                    state["step"],
+                    state["epoch"],
+                    state["elapsed"],
+                    optimizer.param_groups[0]["lr"],
+                    _fmt(metrics),
+                )
             if state["step"] % t.checkpoint_every == 0 or _finished(config, state):
-                _checkpoint(config, state, model, ema, optimizer, metrics, val_batches,
-                            checkpoint_path, on_checkpoint, is_main)
+                _checkpoint(
+                    config,
+                    state,
+                    model,
+                    ema,
+                    optimizer,
+                    metrics,
+                    val_batches,
+                    checkpoint_path,
+                    on_checkpoint,
+                    is_main,
+                )
             if _finished(config, state):
                 break
         else:
@@ -137,16 +153,30 @@ def _zero_nonfinite_grads(model: torch.nn.Module) -> None:
 
 
 def _checkpoint(config, state, model, ema, optimizer, metrics, val_batches, path, hook, is_main):
-    record = {"step": state["step"], "minutes": round(state["elapsed"], 3), "train_loss": metrics.get("loss")}
+    record = {
+        "step": state["step"],
+        "minutes": round(state["elapsed"], 3),
+        "train_loss": metrics.get("loss"),
+    }
     if val_batches is not None:
         record["val_loss"] = evaluate_loss(ema, val_batches())
     state["history"].append(record)
     if is_main:
-        save_checkpoint(path, {
-            "config": config.to_dict(), "ema": ema.state_dict(), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "step": state["step"], "epoch": state["epoch"],
-            "batch": state["batch"], "elapsed": state["elapsed"], "history": state["history"], "metrics": record,
-        })
+        save_checkpoint(
+            path,
+            {
+                "config": config.to_dict(),
+                "ema": ema.state_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": state["step"],
+                "epoch": state["epoch"],
+                "batch": state["batch"],
+                "elapsed": state["elapsed"],
+                "history": state["history"],
+                "metrics": record,
+            },
+        )
         log.info("checkpoint %s %s", path, _fmt(record))
     if hook is not None:
         hook(path, record)
@@ -158,8 +188,10 @@ def _resume(path, model, ema, optimizer, config) -> dict:
     # budgets and logging may change between resumes; the model and its data may not
     changed = [k for k in ("net", "method", "data") if saved.get(k) != current[k]]
     if changed:
-        raise ValueError(f"{path} holds a run with a different {'/'.join(changed)} configuration; "
-                         "use another run directory to start a new run")
+        raise ValueError(
+            f"{path} holds a run with a different {'/'.join(changed)} configuration; "
+            "use another run directory to start a new run"
+        )
     load_weights(model, payload["model"], str(path))
     load_weights(ema, payload["ema"], str(path))
     optimizer.load_state_dict(payload["optimizer"])
