@@ -19,15 +19,14 @@ from pathlib import Path
 from crysray.config import RunConfig, load_config
 from crysray.data.csv import dataset_path, load_split
 from crysray.data.dataset import CrystalTable
+from crysray.methods.registry import method_class
 from crysray.train.checkpoint import CheckpointError, export_inference
 from crysray.train.loop import train
 
 
 def prepare_config(config: RunConfig, train_table: CrystalTable) -> RunConfig:
     """Fill in the statistics that come from the training split."""
-    if config.data.lattice_std <= 0:
-        config = config.replace("data", lattice_std=train_table.lattice_std())
-    return config
+    return method_class(config).fit_config(config, train_table)
 
 
 def load_dataset_splits(

@@ -26,8 +26,17 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
+    """Fields every method has. Each method extends it with its own section: the registry
+    (crysray.methods.registry) maps ``name`` to the section class, so ``method.name`` in a
+    config file selects both the method and the keys its section accepts."""
+
     name: str = "crysbfn"
     task: str = "csp"  # "csp" (types given) or "dng" (types generated)
+
+
+@dataclass(frozen=True)
+class CrysBFNConfig(MethodConfig):
+    name: str = "crysbfn"
     beta1_coord: float = 1e3
     sigma1_lattice: float = 0.03162277660168379  # sigma1^2 = 1e-3
     # The network is conditioned on continuous time t = (i-1)/N and on the concentration u,
@@ -39,6 +48,17 @@ class MethodConfig:
     # Share of crystals whose input theta_{i-1} is drawn around the model's own prediction
     # from theta_{i-2} instead of around the truth, as in end-back sampling; see CrysBFN.loss.
     rollout_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class KLDMConfig(MethodConfig):
+    name: str = "kldm"
+    # "x0" (KLDM-eps0: the net predicts the clean lattice, the released setting) or "eps"
+    lattice_parameterization: str = "x0"
+    tau_min: float = 1e-3  # training draws tau ~ U(tau_min, 1]
+    # Per-atom-count log-length statistics of the training split (LatticeStats.to_dict);
+    # empty until training fills them in, then stored with the model.
+    lattice_stats: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,32 +84,57 @@ class TrainConfig:
     init_from: str = ""  # checkpoint whose EMA weights start a new run (fresh optimiser)
 
 
+CONFIG_VERSION = 2  # 1: before per-method sections (a flat CrysBFN-only method section)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     net: NetConfig = field(default_factory=NetConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=CrysBFNConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return {"version": CONFIG_VERSION, **json.loads(json.dumps(dataclasses.asdict(self)))}
 
     @staticmethod
     def from_dict(d: dict) -> RunConfig:
+        """Build from a dict of any config version; missing keys take today's defaults, so a
+        config written before a field existed still loads (and compares equal once normalised)."""
+        d = dict(d)
+        version = d.pop("version", 1)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ValueError(
+                f"config version {version!r} is newer than this crysray understands "
+                f"({CONFIG_VERSION}); upgrade crysray"
+            )
         unknown = set(d) - set(_SECTIONS)
         if unknown:
             raise ValueError(f"unknown config sections: {sorted(unknown)}")
-        return RunConfig(**{name: _build(cls, d.get(name, {})) for name, cls in _SECTIONS.items()})
+        sections = {
+            name: _build(cls, d.get(name) or {})
+            for name, cls in _SECTIONS.items()
+            if name != "method"
+        }
+        method = d.get("method") or {}
+        return RunConfig(
+            method=_build(method_config_class(method.get("name", "crysbfn")), method), **sections
+        )
 
     def override(self, assignments: list[str]) -> RunConfig:
-        """Apply ``section.key=value`` strings (values parsed as YAML)."""
+        """Apply ``section.key=value`` strings (values parsed as YAML). ``method.name`` is applied
+        first, so the other method keys are checked against the chosen method's section."""
         d = self.to_dict()
-        for item in assignments:
+        items = sorted(assignments, key=lambda item: not item.startswith("method.name="))
+        for item in items:
             key, sep, raw = item.partition("=")
             section, _, name = key.partition(".")
-            if not sep or section not in d or name not in d[section]:
+            if not sep or section not in d or section == "version" or name not in d[section]:
                 raise ValueError(f"unknown config override {item!r} (expected section.key=value)")
             d[section][name] = yaml.safe_load(raw)
+            if key == "method.name":  # another method: its own section with its defaults
+                d = {**d, "method": {"name": d["method"]["name"], "task": d["method"]["task"]}}
+                d = RunConfig.from_dict(d).to_dict()
         return RunConfig.from_dict(d)
 
     def replace(self, section: str, **values) -> RunConfig:
@@ -99,6 +144,12 @@ class RunConfig:
 
 
 _SECTIONS = {"net": NetConfig, "method": MethodConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    from crysray.methods.registry import method_entry  # the registry imports this module
+
+    return method_entry(name).config
 
 
 def _build(cls, values: dict):

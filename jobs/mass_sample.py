@@ -69,7 +69,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="rows to generate (default: one per composition); compositions are cycled",
     )
-    p.add_argument("--steps", type=int, default=10, help="network evaluations N per crystal")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps (default: the method's, e.g. CrysBFN N = 10, KLDM 1000)",
+    )
+    p.add_argument(
+        "--sampler",
+        default=None,
+        help="the method's sampler (default: its first; CrysBFN: end-back; KLDM: pc or em)",
+    )
+    p.add_argument(
+        "--sampler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampler option, repeatable (e.g. KLDM pc: corrector_steps=2, snr=0.25)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="crystals per network call")
     p.add_argument(
         "--precision",
@@ -110,6 +127,23 @@ def validate(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for item in args.sampler_option:
+        if "=" not in item:
+            raise ValueError(f"--sampler-option {item!r}: expected KEY=VALUE")
+
+
+def sampler_record(args, model_config) -> tuple[int, dict]:
+    """Steps and the complete sampler options, completed and checked by the checkpoint's
+    method (this job does not know which method it runs)."""
+    import yaml
+
+    from crysray.config import RunConfig
+    from crysray.methods.registry import method_class
+
+    method = method_class(RunConfig.from_dict(model_config))
+    options = dict(item.split("=", 1) for item in args.sampler_option)
+    options = {k: yaml.safe_load(v) for k, v in options.items()}
+    return args.steps or method.default_steps, method.sampler_options(args.sampler, **options)
 
 
 def plan(args, config: dict, funnel_config=None):
@@ -136,17 +170,19 @@ def plan(args, config: dict, funnel_config=None):
         args.skip_invalid_compositions,
     )
     args.skipped_compositions = sum(skipped.values())
+    steps, sampler_options = sampler_record(args, config)
     spec = CampaignSpec(
         task=args.task,
         checkpoint_hash=checkpoint_hash(args.checkpoint),
         compositions_digest=compositions_digest(compositions),
         num_samples=args.num_samples or len(compositions),
-        steps=args.steps,
+        steps=steps,
         seed=args.seed,
         unit_size=args.unit_size,
         batch_size=args.batch_size,
         precision=args.precision,
         dataset=config["data"]["dataset"],
+        sampler_options=sampler_options,
     )
     if funnel_config is None:
         return spec, compositions, open_run(args.out, spec)

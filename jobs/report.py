@@ -19,7 +19,6 @@ sys.path.insert(0, str(REPO))
 
 
 def load_rows(run: Path):
-    import pyarrow.dataset as ds
 
     funnel = run / "funnel"
     if any(funnel.glob("unit-*.parquet")):
@@ -41,7 +40,9 @@ def load_rows(run: Path):
                 table, [bool(decided.get(i, False)) for i in table["sample_id"].to_pylist()]
             )
         return table
-    return ds.dataset(run / "data", format="parquet").to_table()
+    from crysray.sample.schema import read_samples
+
+    return read_samples(sorted((run / "data").glob("unit-*.parquet")))
 
 
 def space_groups(table, limit: int) -> Counter:

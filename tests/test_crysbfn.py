@@ -214,7 +214,7 @@ def test_sample_is_reproducible(model, batch):
 
 @pytest.mark.parametrize("steps", [0, -3, 2.5, 0.5, "10"])
 def test_sample_rejects_bad_steps(model, batch, steps):
-    with pytest.raises(ValueError, match=r"number of steps N must be an integer >= 1, got"):
+    with pytest.raises(ValueError, match=r"number of steps must be an integer >= 1, got"):
         model.sample(batch, steps)
 
 

@@ -26,7 +26,7 @@ from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import STAGES, bools, funnel_counts
 from crysray.filter.uniqueness import uniqueness
 from crysray.sample.campaign import DATA_DIR, RunDirectoryError, unit_path
-from crysray.sample.schema import rows_to_structures
+from crysray.sample.schema import read_samples, rows_to_structures
 
 FUNNEL_DIR = "funnel"
 FUNNEL_MANIFEST = "manifest.json"
@@ -84,7 +84,7 @@ class FunnelUnitWorker:
         ).exists():  # sampling gave this unit up: nothing to filter
             return None
         if not out.exists():  # done by an earlier attempt
-            table = self.funnel(pq.read_table(unit_path(self.run_dir, unit)))
+            table = self.funnel(read_samples([unit_path(self.run_dir, unit)]))
             with atomic_path(out) as tmp:
                 pq.write_table(table, tmp)
         return out

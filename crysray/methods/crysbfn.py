@@ -22,14 +22,16 @@ Every draw happens on the model's device with the caller's generator (which must
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from crysray.config import RunConfig
+from crysray.methods.base import GenerativeMethod
 from crysray.methods.flows import GaussianFlow, VonMisesFlow
 from crysray.methods.torus import angle_to_frac, frac_to_angle, wrap
-from crysray.nets.cspnet import CSPNet, sinusoidal_embedding
+from crysray.nets.cspnet import CSPNet, lattice_gram, sinusoidal_embedding
 from crysray.types import CrystalBatch, segment_mean
 
 
@@ -52,7 +54,8 @@ class CrysBFNDenoiser(nn.Module):
         )
         time = sinusoidal_embedding(t, self.time_dim)[batch_idx]
         h = self.atom_latent(torch.cat([self.type_embedding(atom_types), time, u], dim=-1))
-        h = self.backbone(h, (m + math.pi) / (2 * math.pi), lattice, num_atoms).to(m.dtype)
+        frac = (m + math.pi) / (2 * math.pi)
+        h = self.backbone(h, frac, lattice_gram(lattice), num_atoms).to(m.dtype)
         # the heads stay in float32 even when the backbone runs under bfloat16 autocast
         with torch.autocast(h.device.type, enabled=False):
             x_hat = wrap(m + self.coord_head(h))  # residual on m: periodic-translation equivariant
@@ -60,16 +63,19 @@ class CrysBFNDenoiser(nn.Module):
             return x_hat, mix @ lattice  # left-multiplying keeps O(3) equivariance
 
 
-class CrysBFN(nn.Module):
+class CrysBFN(GenerativeMethod):
     name = "crysbfn"
+    default_steps = 10
+    samplers: ClassVar[dict[str, dict]] = {
+        "end-back": {}
+    }  # docs/crysbfn.md §2; N = steps network evaluations
 
     def __init__(self, config: RunConfig):
-        super().__init__()
+        super().__init__(config)
         if config.method.task != "csp":
             raise ValueError(f"crysbfn: task {config.method.task!r} is not implemented (use 'csp')")
         if config.data.lattice_std <= 0:
             raise ValueError("crysbfn: data.lattice_std must be set from the training split")
-        self.config = config
         net = config.net
         self.denoiser = CrysBFNDenoiser(
             net.hidden_dim, net.num_layers, net.num_freqs, net.time_dim, net.max_atomic_number
@@ -79,12 +85,11 @@ class CrysBFN(nn.Module):
         self.lattice_flow = GaussianFlow(m.sigma1_lattice)
         self.lattice_std = config.data.lattice_std
 
-    def _device(self) -> torch.device:
-        return self.denoiser.coord_head.weight.device
-
-    def forward(self, batch: CrystalBatch, generator: torch.Generator | None = None):
-        """The training loss; ``forward`` so that DistributedDataParallel syncs gradients."""
-        return self.loss(batch, generator)
+    @classmethod
+    def fit_config(cls, config: RunConfig, train_table) -> RunConfig:
+        if config.data.lattice_std <= 0:
+            config = config.replace("data", lattice_std=train_table.lattice_std())
+        return config
 
     def loss(self, batch: CrystalBatch, generator: torch.Generator | None = None):
         """Discrete-time loss at a random step i of a random N (docs §2-3).
@@ -92,7 +97,7 @@ class CrysBFN(nn.Module):
         ``batch`` must be on the model's device and ``generator`` (if given) too: every draw
         happens there, so nothing crosses between host and device inside the step.
         """
-        device, cfg = self._device(), self.config.method
+        device, cfg = self.device(), self.config.method
         choice = torch.randint(len(cfg.train_steps), (1,), generator=generator, device=device)
         steps = cfg.train_steps[int(choice)]
         _, coord_weights, bank = self.coord_flow.tables(steps, device)
@@ -149,17 +154,20 @@ class CrysBFN(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, spec: CrystalBatch, steps: int, generator: torch.Generator | None = None
+        self,
+        spec: CrystalBatch,
+        steps: int,
+        generator: torch.Generator | None = None,
+        **sampler_options,
     ) -> CrystalBatch:
         """End-back sampling with N = ``steps`` network evaluations.
 
         Runs on the model's device (``generator``, if given, must live there too); the result is
         returned on the CPU.
         """
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"number of steps N must be an integer >= 1, got {steps!r}")
-        steps = int(steps)  # an integral float such as 10.0 is accepted above; range() needs an int
-        device = self._device()
+        self.sampler_options(**sampler_options)  # end-back has no options; refuses unknown ones
+        steps = self.check_steps(steps)
+        device = self.device()
         _, _, bank = self.coord_flow.tables(steps, device)
         num_atoms, atom_types = spec.num_atoms.to(device), spec.atom_types.to(device)
         n_atoms, n_crystals = int(spec.num_atoms.sum()), spec.num_atoms.numel()

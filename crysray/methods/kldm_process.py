@@ -164,13 +164,18 @@ class LambdaTable:
     def __init__(self, size: int = 2001, eps: float = SQRT_EPS):
         self.t_grid = torch.linspace(0.0, T_MAX, size, dtype=torch.float64)
         self.log_lam = torch.log(wn_normaliser(sigma_r(self.t_grid, eps)))
+        self._on_device: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        pos = (t.double().clamp(0.0, T_MAX) / T_MAX * (len(self.t_grid) - 1)).cpu()
+        """lambda at TDM times ``t``, computed on t's device (the table follows it there once)."""
+        log_table = self._on_device.get(t.device)
+        if log_table is None:
+            log_table = self._on_device.setdefault(t.device, self.log_lam.to(t.device))
+        pos = t.double().clamp(0.0, T_MAX) / T_MAX * (len(self.t_grid) - 1)
         lo = pos.floor().long().clamp(max=len(self.t_grid) - 2)
         w = pos - lo
-        log_lam = (1 - w) * self.log_lam[lo] + w * self.log_lam[lo + 1]
-        return torch.exp(log_lam).to(device=t.device, dtype=t.dtype)
+        log_lam = (1 - w) * log_table[lo] + w * log_table[lo + 1]
+        return torch.exp(log_lam).to(t.dtype)
 
 
 def simplified_target(draw, t, batch_idx, num_crystals, lam: LambdaTable, eps=SQRT_EPS):

@@ -1,14 +1,17 @@
 """CSPNet-style message passing shared by the generative methods (docs/crysbfn.md §4, §8.8).
 
 Every crystal is a fully connected graph with self-loops. An edge (i, j) sees the Fourier
-features of the fractional difference wrap(f_j - f_i) and the crystal's lattice Gram matrix
-L L^T, so the node features are invariant to atom permutation (up to the same permutation),
-periodic translation and rotation of the Cartesian frame. Method-specific embeddings and
+features of the fractional difference wrap(f_j - f_i), rotation-invariant lattice features of
+its crystal (CrysBFN: the Gram matrix L L^T; KLDM: its 6 lattice numbers) and, for methods
+with velocities (KLDM), a projection P (v_j - v_i) of the velocity difference. So the node
+features are invariant to atom permutation (up to the same permutation), periodic translation,
+a common velocity shift and rotation of the Cartesian frame. Method-specific embeddings and
 output heads live in the method modules; this core maps node features to node features.
 
 Cost: the first edge Linear([h_i, h_j, vec(LL^T), psi]) is split into per-node, per-crystal
 and per-edge parts, and the per-edge projection of psi for all layers is one matmul per
-forward pass.
+forward pass. The velocity term is linear, P v_j - P v_i, so it joins the per-node parts
+(``dst`` gets +P v_j, ``src`` gets -P v_i) and costs no per-edge work.
 """
 
 from __future__ import annotations
@@ -51,20 +54,25 @@ def fourier_features(frac_diff: torch.Tensor, num_freqs: int) -> torch.Tensor:
 class EdgeNodeLayer(nn.Module):
     """One residual message-passing layer with pre-LayerNorm."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, lattice_dim: int = 9, velocity_dim: int = 0):
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
         self.node_to_edge = nn.Linear(hidden, 2 * hidden)  # [W_src h_i + b, W_dst h_j]
-        self.gram_to_edge = nn.Linear(9, hidden, bias=False)
+        self.gram_to_edge = nn.Linear(lattice_dim, hidden, bias=False)  # lattice features
+        if velocity_dim:
+            self.velocity_to_edge = nn.Linear(velocity_dim, hidden, bias=False)
         self.edge_out = nn.Linear(hidden, hidden)
         self.node_mlp = nn.Sequential(
             nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
         )
 
-    def forward(self, h, gram, psi_proj, graph):
+    def forward(self, h, lattice_features, psi_proj, graph, velocities=None):
         h_norm = self.norm(h)
         src_part, dst_part = self.node_to_edge(h_norm).chunk(2, dim=-1)
-        pre = graph.combine(src_part, dst_part, self.gram_to_edge(gram), psi_proj)
+        if velocities is not None:
+            pv = self.velocity_to_edge(velocities)  # P (v_j - v_i) = (+P v_j) + (-P v_i)
+            src_part, dst_part = src_part - pv, dst_part + pv
+        pre = graph.combine(src_part, dst_part, self.gram_to_edge(lattice_features), psi_proj)
         edge = nn.functional.silu(self.edge_out(nn.functional.silu(pre)))  # (E, H)
         agg = graph.mean_over_neighbours(edge)
         return h + self.node_mlp(torch.cat([h_norm, agg], dim=-1))
@@ -116,27 +124,45 @@ def crystal_graph(num_atoms: torch.Tensor):
 
 
 class CSPNet(nn.Module):
-    """Node features (N, H) + fractional coords + lattice -> node features (N, H)."""
+    """Node features (N, H) + fractional coords + lattice features [+ velocities] -> (N, H)."""
 
-    def __init__(self, hidden: int, num_layers: int, num_freqs: int):
+    def __init__(
+        self,
+        hidden: int,
+        num_layers: int,
+        num_freqs: int,
+        lattice_dim: int = 9,
+        velocity_dim: int = 0,
+    ):
         super().__init__()
         self.num_freqs = num_freqs
-        self.layers = nn.ModuleList(EdgeNodeLayer(hidden) for _ in range(num_layers))
+        self.velocity_dim = velocity_dim
+        self.layers = nn.ModuleList(
+            EdgeNodeLayer(hidden, lattice_dim, velocity_dim) for _ in range(num_layers)
+        )
         # per-edge part of every layer's first edge Linear, applied in one matmul
         self.psi_to_edges = nn.Linear(6 * num_freqs, hidden * num_layers, bias=False)
         self.final_norm = nn.LayerNorm(hidden)
 
-    def forward(self, h, frac_coords, lattice, num_atoms):
-        """h (N, H); frac_coords (N, 3) any real (periodic); lattice (B, 3, 3); num_atoms (B,)."""
+    def forward(self, h, frac_coords, lattice_features, num_atoms, velocities=None):
+        """h (N, H); frac_coords (N, 3) any real (periodic); lattice_features (B, lattice_dim),
+        rotation invariant (``lattice_gram``); num_atoms (B,); velocities (N, velocity_dim) for a
+        backbone built with velocity_dim > 0, else None."""
+        if (velocities is None) != (self.velocity_dim == 0):
+            raise ValueError(f"backbone built with velocity_dim={self.velocity_dim}")
         graph = crystal_graph(num_atoms)
         diff = graph.frac_diff(frac_coords)
         diff = diff - torch.round(diff)  # minimum image in fractional units
         psi = fourier_features(diff.detach(), self.num_freqs)
         psi_proj = self.psi_to_edges(psi).chunk(len(self.layers), dim=-1)
-        gram = (lattice @ lattice.transpose(1, 2)).flatten(1)  # (B, 9), rotation invariant
         for layer, proj in zip(self.layers, psi_proj):
-            h = layer(h, gram, proj, graph)
+            h = layer(h, lattice_features, proj, graph, velocities)
         return self.final_norm(h)
+
+
+def lattice_gram(lattice: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) -> (B, 9) L L^T, invariant to rotations of the Cartesian frame."""
+    return (lattice @ lattice.transpose(1, 2)).flatten(1)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:

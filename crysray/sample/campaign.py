@@ -2,7 +2,8 @@
 
 Layout of an output directory::
 
-    manifest.json              what this run is (checkpoint hash, inputs, N, seed, unit size),
+    manifest.json              what this run is (checkpoint hash, inputs, steps, sampler and
+                               its options, seed, unit size),
                                plus ``failed_units`` (unit -> error) when some gave up
     data/unit-00000042.parquet one file per finished work unit, written atomically
     attempts/unit-00000042.json  attempts of a unit not finished yet, and its last error
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,9 @@ class CampaignSpec:
     batch_size: int
     precision: str = "fp32"
     dataset: str = ""  # the checkpoint's training dataset (defaults of later jobs)
+    # the method's complete sampler record, {"sampler": name, option: value}; runs written
+    # before it existed used CrysBFN's end-back sampler, which has no options
+    sampler_options: dict = field(default_factory=lambda: {"sampler": "end-back"})
 
     @property
     def num_units(self) -> int:
@@ -93,7 +97,11 @@ def open_run(out_dir: str | Path, spec: CampaignSpec) -> list[int]:
         saved = json.loads(manifest.read_text())
         saved.pop("failed_units", None)
         # fields added since a run was written take their defaults, so old runs still resume
-        defaults = {f.name: f.default for f in fields(CampaignSpec) if f.default is not MISSING}
+        defaults = {
+            f.name: f.default if f.default is not MISSING else f.default_factory()
+            for f in fields(CampaignSpec)
+            if f.default is not MISSING or f.default_factory is not MISSING
+        }
         saved = {**defaults, **saved}
         if saved != asdict(spec):
             diff = sorted(
@@ -180,7 +188,13 @@ class CampaignWorker:
         self.out_dir = Path(out_dir)
         self.compositions = compositions
         self.sampler = CrystalSampler(
-            checkpoint, self.spec.steps, self.spec.batch_size, device, threads, self.spec.precision
+            checkpoint,
+            self.spec.steps,
+            self.spec.batch_size,
+            device,
+            threads,
+            self.spec.precision,
+            self.spec.sampler_options,
         )
         self.metadata = {
             b"crysray_schema_version": SCHEMA.metadata[b"crysray_schema_version"],

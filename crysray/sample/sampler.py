@@ -57,17 +57,24 @@ class CrystalSampler:
         device: str | None = None,
         threads: int | None = None,
         precision: str = "fp32",
+        sampler_options: dict | None = None,
     ):
+        """``sampler_options``: ``{"sampler": name, option: value}`` (default: the method's
+        default sampler); completed and checked by the method."""
         if threads:
             torch.set_num_threads(threads)
         if steps < 1:
-            raise ValueError(f"number of steps N must be >= 1, got {steps}")
+            raise ValueError(f"number of steps must be >= 1, got {steps}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = device or default_device()
         self.model = load_model(checkpoint, self.device)
         self.checkpoint_hash = checkpoint_hash(checkpoint)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.steps, self.batch_size, self.precision = int(steps), int(batch_size), precision
+        self.sampler_options = self.model.sampler_options(**(sampler_options or {}))
+        self.network_evaluations = self.model.network_evaluations(
+            self.steps, **self.sampler_options
+        )
 
     def sample_unit(
         self, work_unit: int, seed: int, compositions: list[Composition], first_index: int = 0
@@ -82,7 +89,9 @@ class CrystalSampler:
                 dtype=torch.bfloat16,
                 enabled=self.precision == "bf16",
             ):
-                crystals = self.model.sample(composition_batch(chunk), self.steps, generator)
+                crystals = self.model.sample(
+                    composition_batch(chunk), self.steps, generator, **self.sampler_options
+                )
             tables.append(
                 batch_to_table(
                     crystals,
@@ -93,6 +102,8 @@ class CrystalSampler:
                     checkpoint_hash=self.checkpoint_hash,
                     steps=self.steps,
                     seed=seed,
+                    sampler_options=self.sampler_options,
+                    network_evaluations=self.network_evaluations,
                 )
             )
         return pa.concat_tables(tables)

@@ -1,6 +1,6 @@
 """The Parquet contract of generated crystals: one row per crystal, versioned.
 
-Columns (SCHEMA_VERSION 1):
+Columns (SCHEMA_VERSION 2):
 
 | column | type | meaning |
 |---|---|---|
@@ -17,24 +17,31 @@ Columns (SCHEMA_VERSION 1):
 | valid_structure | bool | struct-valid: finite lattice, volume >= 0.1 A^3, distances >= 0.5 A |
 | method | string | generative method name |
 | checkpoint_hash | string | sha256 prefix of the checkpoint file |
-| steps | int32 | number of network evaluations N |
+| steps | int32 | sampler steps (CrysBFN: N) |
 | seed | int64 | run seed |
+| sampler | string | sampler name (CrysBFN: end-back; KLDM: em or pc) (v2) |
+| sampler_options | string | its other options as sorted JSON, e.g. `{"snr": 0.25}` (v2) |
+| network_evaluations | int32 | network evaluations per crystal (v2) |
 
-The schema version and the run configuration are also stored in the file metadata.
+The schema version and the run configuration are also stored in the file metadata. Version 1
+files (CrysBFN only, before the sampler columns) are read through ``read_samples``, which adds
+the columns with the values those runs used: end-back sampling, no options, N evaluations.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pymatgen.core import Composition, Lattice, Structure
 
 from crysray.eval.validity import structure_validity
 from crysray.types import CrystalBatch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = pa.schema(
     [
@@ -57,6 +64,9 @@ SCHEMA = pa.schema(
         ("checkpoint_hash", pa.string()),
         ("steps", pa.int32()),
         ("seed", pa.int64()),
+        ("sampler", pa.string()),
+        ("sampler_options", pa.string()),
+        ("network_evaluations", pa.int32()),
     ],
     metadata={"crysray_schema_version": str(SCHEMA_VERSION)},
 )
@@ -90,8 +100,13 @@ def batch_to_table(
     checkpoint_hash: str,
     steps: int,
     seed: int,
+    sampler_options: dict,
+    network_evaluations: int,
 ) -> pa.Table:
-    """Rows for the crystals of ``batch``; row k gets index ``first_index + k``."""
+    """Rows for the crystals of ``batch``; row k gets index ``first_index + k``.
+
+    ``sampler_options`` is the method's complete option record (``{"sampler": name, ...}``).
+    """
     lattice = batch.lattice.double().numpy()
     frac = batch.frac_coords.double().numpy()
     z = batch.atom_types.numpy()
@@ -121,8 +136,39 @@ def batch_to_table(
         "checkpoint_hash": [checkpoint_hash] * n,
         "steps": np.full(n, steps, dtype=np.int32),
         "seed": np.full(n, seed, dtype=np.int64),
+        "sampler": [sampler_options["sampler"]] * n,
+        "sampler_options": [options_json(sampler_options)] * n,
+        "network_evaluations": np.full(n, network_evaluations, dtype=np.int32),
     }
     return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+def options_json(sampler_options: dict) -> str:
+    return json.dumps({k: v for k, v in sampler_options.items() if k != "sampler"}, sort_keys=True)
+
+
+def upgrade(table: pa.Table) -> pa.Table:
+    """A table of any schema version as the current one (columns in SCHEMA order first)."""
+    if "sampler" not in table.column_names:  # version 1: CrysBFN end-back sampling
+        n = table.num_rows
+        table = (
+            table.append_column("sampler", pa.array(["end-back"] * n, pa.string()))
+            .append_column("sampler_options", pa.array(["{}"] * n, pa.string()))
+            .append_column("network_evaluations", table.column("steps").cast(pa.int32()))
+        )
+    rest = [c for c in table.column_names if c not in SCHEMA.names]
+    return table.select(SCHEMA.names + rest).replace_schema_metadata(
+        {**(table.schema.metadata or {}), **SCHEMA.metadata}
+    )
+
+
+def read_samples(paths, columns: list[str] | None = None) -> pa.Table:
+    """Generated rows from Parquet files of any schema version, as one current-version table."""
+    tables = [upgrade(pq.read_table(p)) for p in paths]
+    if not tables:
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table if columns is None else table.select(columns)
 
 
 def _count(z: np.ndarray) -> dict[int, int]:

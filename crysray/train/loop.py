@@ -184,9 +184,8 @@ def _checkpoint(config, state, model, ema, optimizer, metrics, val_batches, path
 
 def _resume(path, model, ema, optimizer, config) -> dict:
     payload = read_checkpoint(path)
-    saved, current = payload.get("config", {}), config.to_dict()
     # budgets and logging may change between resumes; the model and its data may not
-    changed = [k for k in ("net", "method", "data") if saved.get(k) != current[k]]
+    changed = _changed_sections(payload, config, ("net", "method", "data"), path)
     if changed:
         raise ValueError(
             f"{path} holds a run with a different {'/'.join(changed)} configuration; "
@@ -201,13 +200,23 @@ def _resume(path, model, ema, optimizer, config) -> dict:
 
 def _initialise(path, model, ema, config) -> None:
     payload = read_checkpoint(path)
-    saved = payload.get("config", {})
     # only the architecture and data must agree; loss options may differ from the source run
-    changed = [k for k in ("net", "data") if saved.get(k) != config.to_dict()[k]]
+    changed = _changed_sections(payload, config, ("net", "data"), path)
     if changed:
         raise ValueError(f"{path} holds a model with a different {'/'.join(changed)} configuration")
     load_weights(model, payload["ema"], str(path))
     load_weights(ema, payload["ema"], str(path))
+
+
+def _changed_sections(payload: dict, config: RunConfig, sections, path) -> list[str]:
+    """Sections in which the checkpoint's config differs from ``config``, both normalised
+    (fields added since the checkpoint was written compare at their defaults)."""
+    try:
+        saved = RunConfig.from_dict(payload.get("config", {})).to_dict()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: configuration does not match this crysray version: {err}")
+    current = config.to_dict()
+    return [k for k in sections if saved[k] != current[k]]
 
 
 def _fmt(d: dict) -> str:
