@@ -4,25 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from crysray.config import load_config
-from crysray.methods.registry import build_method
+from crysray.methods.kldm_lattice import LatticeStats
+from crysray.methods.registry import METHODS, build_method
 from crysray.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "net.hidden_dim=32",
-    "net.num_layers=1",
-    "net.num_freqs=4",
-    "net.time_dim=16",
-    "method.train_steps=[10]",
-    "method.noise_bank_size=2048",
-]
+TINY_NET = ["net.hidden_dim=32", "net.num_layers=1", "net.num_freqs=4", "net.time_dim=16"]
+TINY = [*TINY_NET, "method.train_steps=[10]", "method.noise_bank_size=2048"]  # CrysBFN
+
+# Perov-5-like lattice statistics (5-atom cells, ~4 A edges) for untrained KLDM models
+PEROV_STATS = LatticeStats.from_table(
+    torch.tensor([5, 5]), torch.tensor([[4.0, 4.0, 4.0], [4.2, 4.1, 4.0]]), min_count=1
+).to_dict()
+
+# every registered method: its packaged Perov-5 config, the overrides that make it tiny and
+# the training-split statistics it needs (section, values)
+TINY_METHODS = {
+    "crysbfn": ("crysbfn_perov5", TINY, ("data", {"lattice_std": 1.96})),
+    "kldm": ("kldm_perov5", TINY_NET, ("method", {"lattice_stats": PEROV_STATS})),
+}
+assert set(TINY_METHODS) == set(METHODS), "add the new method to TINY_METHODS"
 
 
-def write_tiny_checkpoint(path: Path, overrides: list[str] = ()) -> Path:
-    """An untrained tiny CrysBFN checkpoint (fast to load and sample)."""
-    config = load_config("crysbfn_perov5", TINY + list(overrides)).replace("data", lattice_std=1.96)
+def tiny_config(method: str = "crysbfn", overrides: list[str] = ()):
+    """A tiny config of a registered method, with the training-split statistics filled in."""
+    name, tiny, (section, statistics) = TINY_METHODS[method]
+    return load_config(name, list(tiny) + list(overrides)).replace(section, **statistics)
+
+
+def write_tiny_checkpoint(path: Path, overrides: list[str] = (), method: str = "crysbfn") -> Path:
+    """An untrained tiny checkpoint (fast to load and sample)."""
+    config = tiny_config(method, overrides)
     model = build_method(config)
     save_checkpoint(path, {"config": config.to_dict(), "ema": model.state_dict(), "step": 0})
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from support import REPO
+from support import REPO, write_tiny_checkpoint
 
 JOB = [sys.executable, str(REPO / "jobs" / "mass_sample.py")]
 
@@ -167,11 +167,14 @@ def test_rerun_of_a_finished_run_changes_nothing(tiny_checkpoint, formulas_file,
         "zero_steps",
         "zero_replicas",
         "other_run",
+        "other_sampler_options",
+        "unknown_sampler",
+        "unknown_sampler_option",
         "foreign_files",
     ],
 )
 def test_bad_input_fails_with_one_line_and_touches_nothing(
-    case, tiny_checkpoint, formulas_file, tmp_path
+    case, tiny_checkpoint, kldm_checkpoint, formulas_file, tmp_path
 ):
     out = tmp_path / "out"
     args = {
@@ -204,6 +207,15 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(
         first = run_job(*[x for k, v in {**args, "--num-samples": 3}.items() for x in (k, v)])
         assert first.returncode == 0, first.stderr[-2000:]
         args["--seed"] = 99
+    elif case == "other_sampler_options":
+        first = run_job(*[x for k, v in {**args, "--num-samples": 3}.items() for x in (k, v)],
+                        "--checkpoint", kldm_checkpoint, "--sampler", "em")  # fmt: skip
+        assert first.returncode == 0, first.stderr[-2000:]
+        args["--checkpoint"] = kldm_checkpoint  # same run, but the pc sampler
+    elif case == "unknown_sampler":
+        args["--sampler"] = "ode"
+    elif case == "unknown_sampler_option":
+        args["--sampler-option"] = "snr=0.1"  # CrysBFN's end-back sampler has no options
     elif case == "foreign_files":
         out.mkdir()
         (out / "thesis.tex").write_text("precious")
@@ -217,6 +229,51 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(
     if case in ("unknown_element", "too_many_atoms"):
         assert "bad.txt:2" in lines[0]  # the line is named
         assert ("unknown element 'Xx'" if case == "unknown_element" else "--max-atoms") in lines[0]
+    if case == "other_sampler_options":
+        assert "differs in: sampler_options" in lines[0]
+    if case == "unknown_sampler":
+        assert "crysbfn has no sampler 'ode'; choose from end-back" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def kldm_checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("kldm") / "kldm.pt", method="kldm")
+
+
+def test_version_one_files_read_as_version_two(tmp_path):
+    """Files written before the sampler columns read with the values their runs used."""
+    import torch
+
+    from crysray.sample.schema import SCHEMA_VERSION, batch_to_table, read_samples
+    from crysray.types import CrystalBatch
+
+    crystals = CrystalBatch(
+        torch.rand(4, 3), 4 * torch.eye(3).repeat(2, 1, 1), torch.tensor([11, 17, 11, 17]),
+        torch.tensor([2, 2]),
+    )  # fmt: skip
+    common = {"source_ids": ["a", "b"], "method": "crysbfn", "checkpoint_hash": "h", "seed": 0}
+    end_back = {"sampler_options": {"sampler": "end-back"}, "network_evaluations": 10}
+    v2 = batch_to_table(crystals, work_unit=1, first_index=2, steps=10, **common, **end_back)
+    v1 = v2.drop_columns(["sampler", "sampler_options", "network_evaluations"])
+    pq.write_table(v1.replace_schema_metadata({"crysray_schema_version": "1"}), tmp_path / "1.pq")
+    kldm = batch_to_table(crystals, work_unit=2, first_index=4, steps=100, **common,
+                          sampler_options={"sampler": "pc", "corrector_steps": 1, "snr": 0.25},
+                          network_evaluations=200)  # fmt: skip
+    pq.write_table(kldm, tmp_path / "2.pq")
+    table = read_samples([tmp_path / "1.pq", tmp_path / "2.pq"])
+    assert table.num_rows == 4
+    assert table.schema.metadata[b"crysray_schema_version"] == str(SCHEMA_VERSION).encode()
+    assert table["sampler"].to_pylist() == ["end-back"] * 2 + ["pc"] * 2
+    assert table["sampler_options"].to_pylist()[1:3] == [
+        "{}",
+        '{"corrector_steps": 1, "snr": 0.25}',
+    ]
+    assert table["network_evaluations"].to_pylist() == [10, 10, 200, 200]
+    assert (
+        table.drop_columns(["sampler", "sampler_options", "network_evaluations"])
+        .slice(0, 2)
+        .equals(v1)
+    )
 
 
 @pytest.mark.slow
