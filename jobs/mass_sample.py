@@ -127,22 +127,17 @@ def validate(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for item in args.sampler_option:
-        if "=" not in item:
-            raise ValueError(f"--sampler-option {item!r}: expected KEY=VALUE")
 
 
 def sampler_record(args, model_config) -> tuple[int, dict]:
     """Steps and the complete sampler options, completed and checked by the checkpoint's
     method (this job does not know which method it runs)."""
-    import yaml
-
     from crysray.config import RunConfig
     from crysray.methods.registry import method_class
+    from crysray.sample.sampler import parse_sampler_options
 
     method = method_class(RunConfig.from_dict(model_config))
-    options = dict(item.split("=", 1) for item in args.sampler_option)
-    options = {k: yaml.safe_load(v) for k, v in options.items()}
+    options = parse_sampler_options(args.sampler_option)
     return args.steps or method.default_steps, method.sampler_options(args.sampler, **options)
 
 

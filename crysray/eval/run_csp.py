@@ -16,17 +16,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from crysray.data.csv import dataset_path, load_split
 from crysray.eval.csp import match_rate_rmse
 from crysray.sample.compositions import table_compositions
-from crysray.sample.sampler import CrystalSampler
+from crysray.sample.sampler import CrystalSampler, parse_sampler_options
 from crysray.sample.schema import rows_to_structures
 from crysray.train.checkpoint import CheckpointError
 
 
 def evaluate_csp(
     checkpoint: str | Path,
-    dataset: str = "perov_5",
+    dataset: str | None = None,
     split: str = "test",
     steps: int = 10,
     k: int = 1,
@@ -35,12 +37,28 @@ def evaluate_csp(
     limit: int | None = None,
     workers: int = 2,
     precision: str = "fp32",
+    sampler_options: dict | None = None,
+    subset: int | None = None,
 ) -> dict:
-    """Sample k candidates per crystal of the split and score them against the split."""
+    """Sample k candidates per crystal of the split and score them against the split.
+
+    ``limit`` keeps the first crystals of the split, ``subset`` a uniform random choice of that
+    many (the same for every call: numpy seed 0), which estimates the full split's rates.
+    ``dataset`` defaults to the one the checkpoint was trained on.
+    """
+    sampler = CrystalSampler(
+        str(checkpoint),
+        steps,
+        batch_size=batch_size,
+        precision=precision,
+        sampler_options=sampler_options,
+    )
+    dataset = dataset or sampler.model.config.data.dataset
     table = load_split(dataset_path(dataset, split))
     if limit:
         table = table.subset(range(min(limit, len(table))))
-    sampler = CrystalSampler(str(checkpoint), steps, batch_size=batch_size, precision=precision)
+    if subset and subset < len(table):
+        table = table.subset(np.sort(np.random.default_rng(0).permutation(len(table))[:subset]))
     compositions = table_compositions(table)
     start = time.perf_counter()
     # candidate j of every crystal comes from work unit j
@@ -51,6 +69,9 @@ def evaluate_csp(
     return {
         **metrics,
         "steps": steps,
+        "sampler_options": sampler.sampler_options,
+        "network_evaluations": sampler.network_evaluations,
+        "method": sampler.model.name,
         "precision": precision,
         "dataset": dataset,
         "split": split,
@@ -67,9 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--dataset", default="perov_5")
+    parser.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--steps", type=int, default=10, help="network evaluations N")
+    parser.add_argument("--steps", type=int, default=10, help="sampler steps (CrysBFN: N)")
+    parser.add_argument("--sampler", default=None, help="the method's sampler (default: its first)")
+    parser.add_argument(
+        "--sampler-option", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    parser.add_argument("--subset", type=int, default=None, help="random SUBSET crystals only")
     parser.add_argument("--k", type=int, default=1, help="candidates per crystal (@k)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
@@ -92,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             args.limit,
             args.workers,
             args.precision,
+            {"sampler": args.sampler, **parse_sampler_options(args.sampler_option)},
+            args.subset,
         )
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"run_csp: error: {err}", file=sys.stderr)

@@ -42,6 +42,19 @@ def unit_generator(
     return torch.Generator(device=device).manual_seed(state)
 
 
+def parse_sampler_options(items: list[str]) -> dict:
+    """``["key=value", ...]`` from a command line -> options (values parsed as YAML scalars)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"sampler option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
