@@ -124,3 +124,48 @@ class GaussianFlow:
             * (1.0 - self.sigma1 ** (2.0 / steps))
             / (2.0 * self.sigma1 ** (2.0 * index / steps))
         )
+
+
+class DiscreteFlow:
+    """Discrete Bayesian flow on K atom types (docs/crysbfn.md §3, "Atom types").
+
+    The sender sees class e_x through y ~ N(alpha (K e_x - 1), alpha K I); the Bayesian update
+    of the categorical belief theta is theta' = softmax(log theta + y). Accuracies add, so from
+    the uniform prior the belief after accuracy beta is softmax(y) with y ~ N(beta (K e - 1),
+    beta K I): the flow distribution, with beta(t) = beta1 t^2. End-back sampling draws it
+    around the network's probabilities p instead of a one-hot (docs §2 "Sampling", 2.).
+    """
+
+    def __init__(self, beta1: float, num_classes: int):
+        if num_classes < 1:
+            raise ValueError("the discrete flow needs at least one class")
+        self.beta1, self.k = beta1, num_classes
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta1 * t**2
+
+    def sender_noise(self, target: torch.Tensor, accuracy: torch.Tensor, generator=None):
+        """y ~ N(accuracy (K target - 1), accuracy K I); target (N, K) one-hot or probabilities,
+        accuracy a float or a tensor broadcastable to (N, 1)."""
+        accuracy = torch.as_tensor(accuracy, dtype=target.dtype, device=target.device)
+        eps = torch.randn(
+            target.shape, generator=generator, device=target.device, dtype=target.dtype
+        )
+        return accuracy * (self.k * target - 1) + torch.sqrt(accuracy * self.k) * eps
+
+    def draw(self, target: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
+        """theta ~ p_F(. | target, t): the belief after accuracy beta(t) from the uniform prior."""
+        return torch.softmax(self.sender_noise(target, self.beta(t), generator), dim=-1)
+
+    @staticmethod
+    def bayesian_update(theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.log(theta) + y, dim=-1)
+
+    def step_accuracy(self, i, steps: int):
+        """alpha_i = beta(i/N) - beta((i-1)/N) = beta1 (2i - 1) / N^2."""
+        return self.beta1 * (2 * i - 1) / steps**2
+
+    def loss(self, target: torch.Tensor, probs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Continuous-time loss K beta1 t |e_x - p|^2 per atom (docs §3; the one the reference
+        trains with), t (N,) or (N, 1)."""
+        return self.k * self.beta1 * t.reshape(-1) * ((target - probs) ** 2).sum(-1)
