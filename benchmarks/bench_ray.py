@@ -112,11 +112,12 @@ import sys, time, torch
 sys.path.insert(0, {repo!r})
 torch.set_num_threads(1)
 from crysray.data.csv import dataset_path
-from crysray.sample.campaign import CampaignSpec, CampaignWorker, compositions_digest, open_run
+from crysray.sample.campaign import CampaignSpec, CampaignWorker, open_run
 from crysray.sample.compositions import read_compositions
+from crysray.sample.targets import CompositionTargets
 from crysray.train.checkpoint import checkpoint_hash
-comps = read_compositions(dataset_path("perov_5", "test"))
-spec = CampaignSpec("csp", checkpoint_hash({ckpt!r}), compositions_digest(comps), {n}, {steps}, 0,
+comps = CompositionTargets(read_compositions(dataset_path("perov_5", "test")))
+spec = CampaignSpec("csp", checkpoint_hash({ckpt!r}), comps.digest(), {n}, {steps}, 0,
                     {unit}, {batch})
 todo = open_run({out!r}, spec)
 worker = CampaignWorker({ckpt!r}, {out!r}, spec.__dict__, comps, threads=1)

@@ -94,7 +94,7 @@ def sample_variant(
     s1 = lat_flow.sigma1
     for i in range(1, steps + 1):
         t = torch.full((n_crystals,), (i - 1) / steps)
-        x_hat, lat_hat = model.denoiser(spec.atom_types, m, u, t, lattice_in, spec.num_atoms)
+        x_hat, lat_hat, _ = model.denoiser(spec.atom_types, m, u, t, lattice_in, spec.num_atoms)
         if i == steps:
             break
         if mode == "end_back":
@@ -207,7 +207,7 @@ def probe(model, batch, steps_list=(10, 50, 200), seed=0) -> list:
             u = model.coord_flow.entropy_condition(c, upd[bidx])
             t = torch.full((batch.num_crystals,), (i - 1) / steps)
             lat_in = model.lattice_flow.draw(lat, t.view(-1, 1, 1), g)
-            x_hat, lat_hat = model.denoiser(batch.atom_types, m, u, t, lat_in, batch.num_atoms)
+            x_hat, lat_hat, _ = model.denoiser(batch.atom_types, m, u, t, lat_in, batch.num_atoms)
             rows.append(
                 {
                     "steps": steps,

@@ -48,6 +48,7 @@ class CrysBFNConfig(MethodConfig):
     # Share of crystals whose input theta_{i-1} is drawn around the model's own prediction
     # from theta_{i-2} instead of around the truth, as in end-back sampling; see CrysBFN.loss.
     rollout_prob: float = 0.0
+    beta1_type: float = 0.5  # discrete flow on atom types (task dng), beta(t) = beta1 t^2
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ class KLDMConfig(MethodConfig):
 class DataConfig:
     dataset: str = "perov_5"
     lattice_std: float = 0.0  # 0: computed from the training split and then stored here
+    # de novo generation (task dng), filled from the training split and stored with the model:
+    # the atomic numbers the model generates, and how many training crystals have n atoms
+    # (entry n), the distribution sampled cells are drawn from
+    atom_types: tuple[int, ...] = ()
+    num_atoms_counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument(
         "--task",
-        choices=["csp"],
-        default="csp",
-        help="csp: structures for the compositions in --compositions",
+        choices=["csp", "dng"],
+        default=None,
+        help="csp: structures for the compositions in --compositions; dng: new crystals, "
+        "compositions included (default: the checkpoint's task)",
+    )
+    p.add_argument(
+        "--num-atoms",
+        type=int,
+        default=None,
+        help="dng: atoms per cell (default: drawn from the training split's distribution)",
     )
     p.add_argument(
         "--compositions",
@@ -123,7 +130,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def validate(args) -> None:
-    for name in ("num_samples", "steps", "batch_size", "unit_size", "replicas", "max_atoms"):
+    names = (
+        "num_samples",
+        "steps",
+        "batch_size",
+        "unit_size",
+        "replicas",
+        "max_atoms",
+        "num_atoms",
+    )
+    for name in names:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -147,15 +163,56 @@ def plan(args, config: dict, funnel_config=None):
     With the funnel, its hull is prepared for the compositions' chemical systems before the
     run directory is created, so a missing key or cache leaves nothing behind.
     """
-    from crysray.data.csv import dataset_path
-    from crysray.sample.campaign import CampaignSpec, compositions_digest, open_run
-    from crysray.sample.compositions import DEFAULT_MAX_ATOMS, CompositionLimits, read_targets
+    from crysray.sample.campaign import CampaignSpec, open_run
     from crysray.train.checkpoint import checkpoint_hash
 
-    if config["method"]["task"] != args.task:
+    task = args.task or config["method"]["task"]
+    if config["method"]["task"] != task:
+        raise ValueError(f"{args.checkpoint} is a {config['method']['task']} model, not {task}")
+    targets = dng_targets(args, config) if task == "dng" else csp_targets(args, config)
+    steps, sampler_options = sampler_record(args, config)
+    spec = CampaignSpec(
+        task=task,
+        checkpoint_hash=checkpoint_hash(args.checkpoint),
+        compositions_digest=targets.digest(),
+        num_samples=args.num_samples or len(targets.compositions),
+        steps=steps,
+        seed=args.seed,
+        unit_size=args.unit_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        dataset=config["data"]["dataset"],
+        targets=targets.kind,
+        sampler_options=sampler_options,
+    )
+    if funnel_config is None:
+        return spec, targets, open_run(args.out, spec)
+    from crysray.filter.campaign import open_funnel, pending_funnel_units
+    from crysray.filter.composition import composition_of
+    from crysray.filter.hulls import prepare_hull
+
+    if task == "dng" and funnel_config.hull == "mp":
         raise ValueError(
-            f"{args.checkpoint} is a {config['method']['task']} model, not {args.task}"
+            "--funnel --hull mp needs the chemical systems before sampling, which DNG does not "
+            "know; use --hull local, or run jobs/filter_stability.py on the finished run"
         )
+    formulas = {
+        composition_of(c.atomic_numbers).reduced_formula
+        for c in getattr(targets, "compositions", [])
+    }
+    hull = prepare_hull(funnel_config, formulas, args.mp_api_key)
+    todo = open_run(args.out, spec)
+    open_funnel(args.out, funnel_config, hull)
+    return spec, targets, sorted(set(todo) | set(pending_funnel_units(args.out)))
+
+
+def csp_targets(args, config: dict):
+    from crysray.data.csv import dataset_path
+    from crysray.sample.compositions import DEFAULT_MAX_ATOMS, CompositionLimits, read_targets
+    from crysray.sample.targets import CompositionTargets
+
+    if args.num_atoms:
+        raise ValueError("--num-atoms is for --task dng; CSP cells follow --compositions")
     limits = CompositionLimits(
         args.max_atoms or DEFAULT_MAX_ATOMS, config["net"]["max_atomic_number"]
     )
@@ -165,31 +222,28 @@ def plan(args, config: dict, funnel_config=None):
         args.skip_invalid_compositions,
     )
     args.skipped_compositions = sum(skipped.values())
-    steps, sampler_options = sampler_record(args, config)
-    spec = CampaignSpec(
-        task=args.task,
-        checkpoint_hash=checkpoint_hash(args.checkpoint),
-        compositions_digest=compositions_digest(compositions),
-        num_samples=args.num_samples or len(compositions),
-        steps=steps,
-        seed=args.seed,
-        unit_size=args.unit_size,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        dataset=config["data"]["dataset"],
-        sampler_options=sampler_options,
-    )
-    if funnel_config is None:
-        return spec, compositions, open_run(args.out, spec)
-    from crysray.filter.campaign import open_funnel, pending_funnel_units
-    from crysray.filter.composition import composition_of
-    from crysray.filter.hulls import prepare_hull
+    return CompositionTargets(compositions)
 
-    formulas = {composition_of(c.atomic_numbers).reduced_formula for c in compositions}
-    hull = prepare_hull(funnel_config, formulas, args.mp_api_key)
-    todo = open_run(args.out, spec)
-    open_funnel(args.out, funnel_config, hull)
-    return spec, compositions, sorted(set(todo) | set(pending_funnel_units(args.out)))
+
+def dng_targets(args, config: dict):
+    """Atom counts from --num-atoms or the training split's distribution in the checkpoint."""
+    from crysray.sample.compositions import DEFAULT_MAX_ATOMS
+    from crysray.sample.targets import AtomCountTargets
+
+    if args.compositions or args.skip_invalid_compositions:
+        raise ValueError("--compositions is for --task csp; a dng model generates compositions")
+    if not args.num_samples:
+        raise ValueError("--task dng needs --num-samples")
+    args.skipped_compositions = 0
+    max_atoms = args.max_atoms or DEFAULT_MAX_ATOMS
+    if args.num_atoms:
+        if args.num_atoms > max_atoms:
+            raise ValueError(f"--num-atoms {args.num_atoms} is above --max-atoms {max_atoms}")
+        return AtomCountTargets.fixed(args.num_atoms)
+    counts = list(config["data"]["num_atoms_counts"])
+    if len(counts) - 1 > max_atoms:  # cells above the limit are not drawn
+        counts = counts[: max_atoms + 1]
+    return AtomCountTargets(tuple(counts))
 
 
 def resources(args, cluster: dict) -> dict:
@@ -223,7 +277,7 @@ def run(args) -> dict:
     model_config = read_checkpoint(args.checkpoint)["config"]
     dataset = model_config["data"]["dataset"]
     config = funnel_config_from_args(args, dataset_path(dataset, "train")) if args.funnel else None
-    spec, compositions, todo = plan(args, model_config, config)
+    spec, targets, todo = plan(args, model_config, config)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar and summary
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
     # no runtime_env here, so Ray can use its prestarted worker processes
@@ -247,7 +301,7 @@ def run(args) -> dict:
                 "checkpoint": str(args.checkpoint.resolve()),
                 "out_dir": str(args.out.resolve()),
                 "spec": spec.__dict__,
-                "compositions": compositions,
+                "targets": targets,
                 "threads": res["threads"],
                 "device": "cuda" if res["num_gpus"] else "cpu",
             },

@@ -30,10 +30,15 @@ TINY_METHODS = {
 assert set(TINY_METHODS) == set(METHODS), "add the new method to TINY_METHODS"
 
 
+# de novo generation: Perov-5-like types, and cells of 2 (weight 1), 4 (2) or 5 (3) atoms
+DNG_DATA = {"atom_types": (8, 22, 38, 56), "num_atoms_counts": (0, 0, 1, 0, 2, 3)}
+
+
 def tiny_config(method: str = "crysbfn", overrides: list[str] = ()):
     """A tiny config of a registered method, with the training-split statistics filled in."""
     name, tiny, (section, statistics) = TINY_METHODS[method]
-    return load_config(name, list(tiny) + list(overrides)).replace(section, **statistics)
+    config = load_config(name, list(tiny) + list(overrides)).replace(section, **statistics)
+    return config.replace("data", **DNG_DATA) if config.method.task == "dng" else config
 
 
 def write_tiny_checkpoint(path: Path, overrides: list[str] = (), method: str = "crysbfn") -> Path:

@@ -143,7 +143,7 @@ def test_lattice_prediction_is_zero_for_zero_lattice(model, batch):
     g = torch.Generator().manual_seed(5)
     n = int(batch.num_atoms.sum())
     with torch.no_grad():
-        _, lattice_hat = model.denoiser(
+        _, lattice_hat, _ = model.denoiser(
             batch.atom_types,
             torch.rand(n, 3, generator=g) * 2 * math.pi - math.pi,
             torch.rand(n, 3, generator=g),

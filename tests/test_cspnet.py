@@ -52,7 +52,9 @@ def inputs():
 
 def _run(model, d):
     with torch.no_grad():
-        return model.denoiser(d["atom_types"], d["m"], d["u"], d["t"], d["lattice"], d["num_atoms"])
+        return model.denoiser(
+            d["atom_types"], d["m"], d["u"], d["t"], d["lattice"], d["num_atoms"]
+        )[:2]
 
 
 def _offsets():

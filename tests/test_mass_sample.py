@@ -131,14 +131,13 @@ def test_killed_actor_and_killed_driver_still_end_with_exactly_n(
 
 
 def test_rerun_of_a_finished_run_changes_nothing(tiny_checkpoint, formulas_file, tmp_path):
-    from crysray.sample.campaign import CampaignSpec, CampaignWorker, compositions_digest, open_run
+    from crysray.sample.campaign import CampaignSpec, CampaignWorker, open_run
     from crysray.sample.compositions import read_compositions
+    from crysray.sample.targets import CompositionTargets
     from crysray.train.checkpoint import checkpoint_hash
 
-    comps = read_compositions(formulas_file)
-    spec = CampaignSpec(
-        "csp", checkpoint_hash(tiny_checkpoint), compositions_digest(comps), 30, 5, 7, 8, 8
-    )
+    comps = CompositionTargets(read_compositions(formulas_file))
+    spec = CampaignSpec("csp", checkpoint_hash(tiny_checkpoint), comps.digest(), 30, 5, 7, 8, 8)
     todo = open_run(tmp_path, spec)
     assert todo == [0, 1, 2, 3]
     worker = CampaignWorker(str(tiny_checkpoint), str(tmp_path), spec.__dict__, comps, threads=1)

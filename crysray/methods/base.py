@@ -16,6 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,8 +60,17 @@ class GenerativeMethod(nn.Module, ABC):
 
     @classmethod
     def fit_config(cls, config: RunConfig, train_table) -> RunConfig:
-        """Fill in what the model needs from the training split (a ``CrystalTable``)."""
-        return config
+        """Fill in what the model needs from the training split (a ``CrystalTable``); methods
+        extend it. For de novo generation: the atom types and the atom-count distribution."""
+        if config.method.task != "dng" or config.data.atom_types:
+            return config
+        counts = np.bincount(np.asarray(train_table.num_atoms))
+        types = np.unique(np.asarray(train_table.atom_types))
+        return config.replace(
+            "data",
+            atom_types=tuple(int(z) for z in types),
+            num_atoms_counts=tuple(int(c) for c in counts),
+        )
 
     @classmethod
     def sampler_options(cls, sampler: str | None = None, **options) -> dict:

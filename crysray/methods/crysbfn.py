@@ -29,64 +29,112 @@ from torch import nn
 
 from crysray.config import RunConfig
 from crysray.methods.base import GenerativeMethod
-from crysray.methods.flows import GaussianFlow, VonMisesFlow
+from crysray.methods.flows import DiscreteFlow, GaussianFlow, VonMisesFlow
 from crysray.methods.torus import angle_to_frac, frac_to_angle, wrap
 from crysray.nets.cspnet import CSPNet, lattice_gram, sinusoidal_embedding
 from crysray.types import CrystalBatch, segment_mean
 
 
 class CrysBFNDenoiser(nn.Module):
-    """theta_{i-1} (angles m, concentrations u, lattice mean) + t -> (x_hat, L_hat)."""
+    """theta_{i-1} (types, angles m, concentrations u, lattice mean) + t -> predictions.
 
-    def __init__(self, hidden: int, num_layers: int, num_freqs: int, time_dim: int, max_z: int):
+    CSP: ``types`` are atomic numbers (embedded), the type logits are None. DNG
+    (``num_types`` = K > 0): ``types`` are the (N, K) type beliefs theta, fed as 2 theta - 1
+    (docs/crysbfn.md §4), and a head returns (N, K) type logits.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        num_layers: int,
+        num_freqs: int,
+        time_dim: int,
+        max_z: int,
+        num_types: int = 0,
+    ):
         super().__init__()
         self.time_dim = time_dim
-        self.type_embedding = nn.Embedding(max_z + 1, hidden)
+        if num_types:
+            self.type_input = nn.Linear(num_types, hidden)
+            self.type_head = nn.Linear(hidden, num_types)
+        else:
+            self.type_embedding = nn.Embedding(max_z + 1, hidden)
         self.atom_latent = nn.Linear(hidden + time_dim + 3, hidden)
         self.backbone = CSPNet(hidden, num_layers, num_freqs)
         self.coord_head = nn.Linear(hidden, 3, bias=False)
         self.lattice_head = nn.Linear(hidden, 9, bias=False)
 
-    def forward(self, atom_types, m, u, t, lattice, num_atoms):
-        """atom_types (N,) Z; m, u (N, 3); t (B,) in [0, 1); lattice (B, 3, 3) normalised."""
+    def forward(self, types, m, u, t, lattice, num_atoms):
+        """types (N,) Z or (N, K) beliefs; m, u (N, 3); t (B,) in [0, 1); lattice (B, 3, 3)
+        normalised -> (x_hat (N, 3), L_hat (B, 3, 3), type logits (N, K) or None)."""
         batch_idx = torch.repeat_interleave(
             torch.arange(num_atoms.numel(), device=m.device), num_atoms
         )
         time = sinusoidal_embedding(t, self.time_dim)[batch_idx]
-        h = self.atom_latent(torch.cat([self.type_embedding(atom_types), time, u], dim=-1))
+        embedded = (
+            self.type_input(2 * types - 1)
+            if types.is_floating_point()
+            else (self.type_embedding(types))
+        )
+        h = self.atom_latent(torch.cat([embedded, time, u], dim=-1))
         frac = (m + math.pi) / (2 * math.pi)
         h = self.backbone(h, frac, lattice_gram(lattice), num_atoms).to(m.dtype)
         # the heads stay in float32 even when the backbone runs under bfloat16 autocast
         with torch.autocast(h.device.type, enabled=False):
             x_hat = wrap(m + self.coord_head(h))  # residual on m: periodic-translation equivariant
             mix = self.lattice_head(segment_mean(h, batch_idx, num_atoms.numel())).view(-1, 3, 3)
-            return x_hat, mix @ lattice  # left-multiplying keeps O(3) equivariance
+            logits = self.type_head(h) if types.is_floating_point() else None
+            return x_hat, mix @ lattice, logits  # left-multiplying keeps O(3) equivariance
 
 
 class CrysBFN(GenerativeMethod):
     name = "crysbfn"
     default_steps = 10
-    samplers: ClassVar[dict[str, dict]] = {
-        "end-back": {}
-    }  # docs/crysbfn.md §2; N = steps network evaluations
+    # docs/crysbfn.md §2; N = steps network evaluations
+    samplers: ClassVar[dict[str, dict]] = {"end-back": {}}
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        if config.method.task != "csp":
-            raise ValueError(f"crysbfn: task {config.method.task!r} is not implemented (use 'csp')")
-        if config.data.lattice_std <= 0:
+        m, data = config.method, config.data
+        if m.task not in ("csp", "dng"):
+            raise ValueError(f"crysbfn: unknown task {m.task!r} (csp or dng)")
+        if data.lattice_std <= 0:
             raise ValueError("crysbfn: data.lattice_std must be set from the training split")
+        self.dng = m.task == "dng"
+        if self.dng and not data.atom_types:
+            raise ValueError("crysbfn dng: data.atom_types must be set from the training split")
+        if self.dng and m.rollout_prob > 0:
+            raise ValueError("crysbfn: rollout training (method.rollout_prob) is for CSP only")
         net = config.net
         self.denoiser = CrysBFNDenoiser(
-            net.hidden_dim, net.num_layers, net.num_freqs, net.time_dim, net.max_atomic_number
+            net.hidden_dim,
+            net.num_layers,
+            net.num_freqs,
+            net.time_dim,
+            net.max_atomic_number,
+            num_types=len(data.atom_types) if self.dng else 0,
         )
-        m = config.method
         self.coord_flow = VonMisesFlow(m.beta1_coord, m.noise_bank_size)
         self.lattice_flow = GaussianFlow(m.sigma1_lattice)
-        self.lattice_std = config.data.lattice_std
+        self.lattice_std = data.lattice_std
+        if self.dng:
+            self.type_flow = DiscreteFlow(m.beta1_type, len(data.atom_types))
+            vocab = torch.tensor(data.atom_types, dtype=torch.long)
+            index = torch.full((max(net.max_atomic_number, int(vocab.max())) + 1,), -1)
+            index[vocab] = torch.arange(len(vocab))
+            # rebuilt from the config, so not saved with the weights
+            self.register_buffer("type_vocab", vocab, persistent=False)
+            self.register_buffer("type_index", index, persistent=False)
+
+    def _type_one_hot(self, atom_types: torch.Tensor) -> torch.Tensor:
+        index = self.type_index[atom_types.clamp(0, len(self.type_index) - 1)]
+        if bool((index < 0).any()):  # one host sync per batch, only for DNG training
+            raise ValueError("crysbfn dng: the batch holds atom types outside data.atom_types")
+        return nn.functional.one_hot(index, len(self.type_vocab)).float()
 
     @classmethod
     def fit_config(cls, config: RunConfig, train_table) -> RunConfig:
+        config = super().fit_config(config, train_table)
         if config.data.lattice_std <= 0:
             config = config.replace("data", lattice_std=train_table.lattice_std())
         return config
@@ -116,8 +164,11 @@ class CrysBFN(GenerativeMethod):
         u = self.coord_flow.entropy_condition(c, updates)
         t = (step - 1).float() / steps
         lattice_in = self.lattice_flow.draw(lattice_centre, t.view(-1, 1, 1), generator)
-
-        x_hat, lattice_hat = self.denoiser(batch.atom_types, m, u, t, lattice_in, batch.num_atoms)
+        types_in = batch.atom_types
+        if self.dng:  # theta_{i-1} of the types from their flow at t = (i-1)/N
+            one_hot = self._type_one_hot(batch.atom_types)
+            types_in = self.type_flow.draw(one_hot, t[batch_idx].unsqueeze(-1), generator)
+        x_hat, lattice_hat, logits = self.denoiser(types_in, m, u, t, lattice_in, batch.num_atoms)
         w_coord = coord_weights[step - 1]
         if cfg.coord_weight_cap > 0:
             w_coord = w_coord.clamp_max(cfg.coord_weight_cap)
@@ -125,12 +176,13 @@ class CrysBFN(GenerativeMethod):
         w_lat = self.lattice_flow.loss_weight(step.float(), steps).view(-1, 1, 1)
         lattice_loss = (w_lat * (lattice_hat - lattice) ** 2).mean()
         loss = coord_loss + lattice_loss
-        return loss, {
-            "loss": loss.item(),
-            "coord_loss": coord_loss.item(),
-            "lattice_loss": lattice_loss.item(),
-            "steps": steps,
-        }
+        metrics = {"coord_loss": coord_loss.item(), "lattice_loss": lattice_loss.item()}
+        if self.dng:
+            probs = torch.softmax(logits, dim=-1)
+            type_loss = self.type_flow.loss(one_hot, probs, t[batch_idx]).mean()
+            loss = loss + type_loss
+            metrics["type_loss"] = type_loss.item()
+        return loss, {"loss": loss.item(), **metrics, "steps": steps}
 
     @torch.no_grad()
     def _rollout(self, batch, x, lattice, step, steps, generator):
@@ -146,7 +198,9 @@ class CrysBFN(GenerativeMethod):
         u = self.coord_flow.entropy_condition(c, updates)
         t = prev.float() / steps
         lattice_in = self.lattice_flow.draw(lattice, t.view(-1, 1, 1), generator)
-        x_prev, lattice_prev = self.denoiser(batch.atom_types, m, u, t, lattice_in, batch.num_atoms)
+        x_prev, lattice_prev, _ = self.denoiser(
+            batch.atom_types, m, u, t, lattice_in, batch.num_atoms
+        )
         coin = torch.rand(step.shape, generator=generator, device=device)
         use = (step >= 2) & (coin < self.config.method.rollout_prob)
         centre = torch.where(use[batch_idx].unsqueeze(-1), x_prev, x)
@@ -162,6 +216,8 @@ class CrysBFN(GenerativeMethod):
     ) -> CrystalBatch:
         """End-back sampling with N = ``steps`` network evaluations.
 
+        CSP keeps ``spec``'s atom types; DNG uses only its atom counts, and the types are a
+        categorical draw from the step-N probabilities (docs/crysbfn.md §2, pitfall 9).
         Runs on the model's device (``generator``, if given, must live there too); the result is
         returned on the CPU.
         """
@@ -175,17 +231,27 @@ class CrysBFN(GenerativeMethod):
         m, c = bank.draw(torch.zeros((n_atoms, 3), device=device), index, generator)
         u = torch.zeros_like(c)
         lattice_in = torch.zeros((n_crystals, 3, 3), device=device)
+        types_in = atom_types
+        if self.dng:  # the uniform prior belief over the K types
+            k = len(self.type_vocab)
+            types_in = torch.full((n_atoms, k), 1.0 / k, device=device)
         for i in range(1, steps + 1):
             t = torch.full((n_crystals,), (i - 1) / steps, device=device)
-            x_hat, lattice_hat = self.denoiser(atom_types, m, u, t, lattice_in, num_atoms)
+            x_hat, lattice_hat, logits = self.denoiser(types_in, m, u, t, lattice_in, num_atoms)
             if i < steps:  # end-back: redraw theta_i from the flow centred on the prediction
                 index = torch.full((1,), i, dtype=torch.long, device=device)
                 m, c = bank.draw(x_hat, index, generator)
                 u = self.coord_flow.entropy_condition(c, index)
                 lattice_in = self.lattice_flow.draw(lattice_hat, i / steps, generator)
+                if self.dng:
+                    probs = torch.softmax(logits, dim=-1)
+                    types_in = self.type_flow.draw(probs, torch.tensor(i / steps), generator)
+        if self.dng:
+            draw = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+            atom_types = self.type_vocab[draw.squeeze(-1)]
         return CrystalBatch(
             frac_coords=angle_to_frac(x_hat).float().cpu(),
             lattice=(lattice_hat * self.lattice_std).float().cpu(),
-            atom_types=spec.atom_types.cpu(),
+            atom_types=atom_types.cpu(),
             num_atoms=spec.num_atoms.cpu(),
         )

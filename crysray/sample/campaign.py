@@ -12,15 +12,16 @@ A unit that fails MAX_UNIT_ATTEMPTS times, by an exception or by killing its rep
 of memory), is given up: it is reported as failed instead of being retried forever, and the
 rest of the run finishes. Delete its attempts file to try it again.
 
-Work unit u covers sample indices [u * unit_size, min((u + 1) * unit_size, num_samples)); in
-CSP mode sample k uses composition k mod len(compositions). A unit's rows depend only on the
-manifest and u, so a unit that is retried, or redone after an interruption, rewrites the same
-file: the finished dataset holds exactly ``num_samples`` rows with unique ``sample_id``s.
+Work unit u covers sample indices [u * unit_size, min((u + 1) * unit_size, num_samples)); its
+targets (crysray.sample.targets) are compositions (CSP: sample k uses composition k mod
+len(compositions)) or atom counts drawn from a distribution with the unit's own seed (DNG).
+A unit's rows depend only on the manifest and u, so a unit that is retried, or redone after
+an interruption, rewrites the same file: the finished dataset holds exactly ``num_samples``
+rows with unique ``sample_id``s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -31,8 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crysray.atomic import atomic_path, write_text_atomic
-from crysray.sample.sampler import Composition, CrystalSampler
+from crysray.sample.sampler import CrystalSampler
 from crysray.sample.schema import SCHEMA
+from crysray.sample.targets import Targets
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
@@ -57,6 +59,9 @@ class CampaignSpec:
     batch_size: int
     precision: str = "fp32"
     dataset: str = ""  # the checkpoint's training dataset (defaults of later jobs)
+    # what is generated: "compositions" (CSP) or "atom_counts" (DNG); compositions_digest
+    # is the digest of either (crysray.sample.targets)
+    targets: str = "compositions"
     # the method's complete sampler record, {"sampler": name, option: value}; runs written
     # before it existed used CrysBFN's end-back sampler, which has no options
     sampler_options: dict = field(default_factory=lambda: {"sampler": "end-back"})
@@ -68,18 +73,6 @@ class CampaignSpec:
     def unit_range(self, unit: int) -> tuple[int, int]:
         start = unit * self.unit_size
         return start, min(start + self.unit_size, self.num_samples)
-
-
-def compositions_digest(compositions: list[Composition]) -> str:
-    h = hashlib.sha256()
-    for c in compositions:
-        h.update(
-            c.source_id.encode()
-            + b"\0"
-            + np.asarray(c.atomic_numbers, dtype=np.int64).tobytes()
-            + b"\n"
-        )
-    return h.hexdigest()[:16]
 
 
 def unit_path(out_dir: Path, unit: int) -> Path:
@@ -180,13 +173,15 @@ class CampaignWorker:
         checkpoint: str,
         out_dir: str,
         spec: dict,
-        compositions: list[Composition],
+        targets: Targets,
         threads: int | None = None,
         device: str | None = None,
     ):
         self.spec = CampaignSpec(**spec)
+        if targets.kind != self.spec.targets or targets.digest() != self.spec.compositions_digest:
+            raise ValueError("the campaign's targets do not match its manifest")
         self.out_dir = Path(out_dir)
-        self.compositions = compositions
+        self.targets = targets
         self.sampler = CrystalSampler(
             checkpoint,
             self.spec.steps,
@@ -231,7 +226,7 @@ class CampaignWorker:
         on disk before it starts, so both kinds add up to the same bound.
         """
         start, stop = self.spec.unit_range(unit)
-        targets = [self.compositions[k % len(self.compositions)] for k in range(start, stop)]
+        targets = self.targets.for_unit(start, stop, self.spec.seed, unit)
         path = attempts_path(self.out_dir, unit)
         while (attempt := read_attempts(self.out_dir, unit)["attempts"] + 1) <= MAX_UNIT_ATTEMPTS:
             write_text_atomic(path, json.dumps({"attempts": attempt, "error": DIED}))
