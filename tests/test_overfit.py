@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from crysray.config import load_config
 from crysray.data.csv import dataset_path, load_split
@@ -11,7 +13,8 @@ from crysray.methods.registry import method_class
 from crysray.sample.compositions import table_compositions
 from crysray.sample.sampler import CrystalSampler
 from crysray.sample.schema import rows_to_structures
-from crysray.train.checkpoint import export_inference
+from crysray.structures import batch_to_structures
+from crysray.train.checkpoint import export_inference, load_model
 from crysray.train.loop import train
 
 
@@ -83,3 +86,44 @@ def test_tiny_model_memorises_two_crystals(method, two_perovskites, tmp_path):
         # every crystal is found among its k samples, closely: loose matches score 0.3-0.5
         assert metrics["match_rate_at_k"] == 1.0, (options, metrics)
         assert metrics["rmse_at_k"] < 0.15, (options, metrics)
+
+
+@pytest.mark.slow
+def test_tiny_dng_model_generates_two_crystals_back_types_included(tmp_path):
+    """Two MP crystals of different sizes (TiC, 2 atoms; YOF, 3 atoms): given only the atom
+    count, the model must generate the elements, coordinates and lattice of the right one."""
+    table = load_split(dataset_path("mp_20_pilot", "val")).subset([40, 116])
+    config = load_config(
+        "crysbfn_perov5",
+        TINY_NET
+        + ["method.task=dng", "method.train_steps=[10]", "method.noise_bank_size=4096"]
+        + [
+            "train.max_steps=8000",
+            "train.lr=3e-3",
+            "train.min_lr=3e-4",
+            "train.ema_start=4000",
+            "train.ema_decay=0.99",
+            "train.checkpoint_every=8000",
+            "train.log_every=100000",
+            "train.threads=1",
+        ],  # fmt: skip
+    )
+    config = method_class(config).fit_config(config, table)
+    assert config.data.atom_types == (6, 8, 9, 22, 39)  # C O F Ti Y
+    repeated = table.subset(list(range(len(table))) * 32)
+    train(
+        config,
+        lambda epoch: repeated.iterate_batches(64, shuffle=True, epoch=epoch),
+        tmp_path / "run.pt",
+    )
+    export_inference(tmp_path / "run.pt", tmp_path / "model.pt")
+    model = load_model(tmp_path / "model.pt")
+    spec = table.batch([0, 1] * 8)  # only the atom counts are used
+    generated = batch_to_structures(model.sample(spec, 50, torch.Generator().manual_seed(0)))
+    truth = table.structures()
+    matcher = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
+    found = [[matcher.fit(s, t) for t in truth] for s in generated]
+    formulas = [s.composition.reduced_formula for s in generated]
+    assert all(any(f[b] for f in found) for b in range(2)), formulas  # both crystals come back
+    assert sum(map(any, found)) >= 10, formulas  # most samples are one of them (11/16 measured)
+    assert formulas.count("TiC") + formulas.count("YOF") >= 12, formulas
