@@ -106,7 +106,7 @@ def test_tiny_dng_model_generates_two_crystals_back_types_included(tmp_path):
             "train.checkpoint_every=8000",
             "train.log_every=100000",
             "train.threads=1",
-        ],  # fmt: skip
+        ],
     )
     config = method_class(config).fit_config(config, table)
     assert config.data.atom_types == (6, 8, 9, 22, 39)  # C O F Ti Y
