@@ -53,7 +53,8 @@ class Capture:
     def __call__(self, module, args, output):
         if self.retain_grad:
             for tensor in output:
-                tensor.retain_grad()
+                if tensor is not None:  # the type logits of a CSP model are None
+                    tensor.retain_grad()
         self.calls.append((args, output))
 
     def __enter__(self):
@@ -68,7 +69,7 @@ def _run_loss(model, batch, seed):
     with Capture(model.denoiser, retain_grad=True) as capture:
         loss, metrics = model.loss(batch, torch.Generator().manual_seed(seed))
     loss.backward()
-    ((args, (x_hat, lattice_hat)),) = capture.calls
+    ((args, (x_hat, lattice_hat, _)),) = capture.calls
     return loss, metrics, args, x_hat, lattice_hat
 
 
@@ -159,7 +160,7 @@ def test_first_step_of_loss_sees_prior_and_predicts_zero_lattice(batch):
     model = _model(train_steps=(1,))
     with Capture(model.denoiser) as capture:
         _, metrics = model.loss(batch, torch.Generator().manual_seed(6))
-    ((args, (_x_hat, lattice_hat)),) = capture.calls
+    ((args, (_x_hat, lattice_hat, _)),) = capture.calls
     _, _m, u, t, lattice_in, _ = args
     assert torch.equal(t, torch.zeros(3))
     assert torch.equal(u, torch.zeros_like(u))
@@ -176,7 +177,7 @@ def test_sample_first_step_is_prior(model, batch):
     with Capture(model.denoiser) as capture:
         model.sample(batch, 4, torch.Generator().manual_seed(7))
     assert len(capture.calls) == 4
-    (_, m, u, t, lattice_in, _), (_, lattice_hat) = capture.calls[0]
+    (_, m, u, t, lattice_in, _), (_, lattice_hat, _) = capture.calls[0]
     assert torch.equal(t, torch.zeros(3)) and torch.equal(u, torch.zeros_like(u))
     assert torch.equal(lattice_in, torch.zeros(3, 3, 3))
     assert torch.equal(lattice_hat, torch.zeros(3, 3, 3))
@@ -222,8 +223,14 @@ def test_constructor_rejects_bad_config():
     config = load_config("crysbfn_perov5", NET)
     with pytest.raises(ValueError, match="lattice_std must be set"):
         CrysBFN(config)  # lattice_std = 0: not computed from the training split
-    with pytest.raises(ValueError, match="task 'dng' is not implemented"):
-        CrysBFN(config.replace("data", lattice_std=1.0).replace("method", task="dng"))
+    scaled = config.replace("data", lattice_std=1.0)
+    with pytest.raises(ValueError, match="unknown task 'dnp'"):
+        CrysBFN(scaled.replace("method", task="dnp"))
+    with pytest.raises(ValueError, match="data.atom_types must be set"):
+        CrysBFN(scaled.replace("method", task="dng"))
+    dng = scaled.replace("method", task="dng").replace("data", atom_types=(8, 22))
+    with pytest.raises(ValueError, match="rollout training .* is for CSP only"):
+        CrysBFN(dng.replace("method", rollout_prob=0.5))
 
 
 def test_rollout_feeds_the_models_own_previous_prediction(batch):
@@ -238,7 +245,7 @@ def test_rollout_feeds_the_models_own_previous_prediction(batch):
         centre, lattice_centre = model._rollout(
             batch, x, lattice, step, 10, torch.Generator().manual_seed(3)
         )
-    ((args, (x_prev, lattice_prev)),) = capture.calls
+    ((args, (x_prev, lattice_prev, _)),) = capture.calls
     first = batch.batch_idx == 0
     assert torch.equal(centre[first], x[first]) and torch.equal(lattice_centre[0], lattice[0])
     assert torch.equal(centre[~first], x_prev[~first])
