@@ -10,9 +10,10 @@
 - uniqueness (among the valid generated crystals) and novelty (against the training split),
   both with StructureMatcher (crysray.filter.uniqueness).
 
-Departure from CDVAE: its composition scaler uses fixed constants fitted on its own data; here
-the Magpie features are standardised with the mean and std of the test split they are
-compared with, so the composition cutoff means "this many standard deviations" on any dataset.
+Composition fingerprints are standardised as CDVAE does, with one fixed scaler for every
+dataset: CDVAE ships constants fitted on its MP-20 data; crysray fits the same statistics, mean
+and std of each Magpie feature, on the MP-20 training compositions available to it (the pilot
+split, 1000 crystals) once, and caches them. The cutoffs then mean the same on every dataset.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from pymatgen.core import Structure
 from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 
+from crysray.atomic import atomic_path
+from crysray.data.csv import dataset_path, load_split
 from crysray.eval.validity import structure_validity
-from crysray.filter.composition import composition_validity
+from crysray.filter.composition import composition_of, composition_validity
 from crysray.filter.uniqueness import TrainingSet, novelty, uniqueness
+from crysray.paths import default_cache_dir
 
 # (structure, composition) cutoffs of CDVAE's COV_Cutoffs; datasets not listed use MP-20's
 COV_CUTOFFS = {"perov_5": (0.2, 4.0), "carbon_24": (0.2, 4.0), "mp_20": (0.4, 10.0)}
@@ -77,13 +81,33 @@ def fingerprints(structures: list[Structure | None], workers: int = 1):
     )
 
 
+def composition_scaler() -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the Magpie features over the MP-20 (pilot) training compositions."""
+    path = default_cache_dir() / "dng" / "magpie_scaler_mp_20_pilot.npz"
+    if path.is_file():
+        saved = np.load(path)
+        return saved["mean"], saved["std"]
+    from matminer.featurizers.composition.composite import ElementProperty
+
+    magpie = ElementProperty.from_preset("magpie")
+    table = load_split(dataset_path("mp_20_pilot", "train"))
+    features = np.array(
+        [magpie.featurize(composition_of(z)) for z in table.compositions()], dtype=np.float64
+    )
+    mean, std = np.nanmean(features, 0), np.nanstd(features, 0)
+    std = np.where(std > 0, std, 1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mean=mean, std=std)
+    return mean, std
+
+
 def coverage(gen_struct, gen_comp, ref_struct, ref_comp, cutoffs, num_generated: int):
     """COV-R and COV-P (CDVAE ``compute_cov``) from fingerprints; ``num_generated`` counts
     every generated crystal, fingerprinted or not (precision is divided by it)."""
     if len(gen_struct) == 0 or len(ref_struct) == 0:
         return 0.0, 0.0
-    mean, std = ref_comp.mean(0), ref_comp.std(0)
-    std = np.where(std > 0, std, 1.0)
+    mean, std = composition_scaler()
     struct_d = cdist(gen_struct, ref_struct)
     comp_d = cdist((gen_comp - mean) / std, (ref_comp - mean) / std)
     s_cut, c_cut = cutoffs
