@@ -92,3 +92,20 @@ def test_dng_job_input_errors(extra, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("mass_sample: error:") and message in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "variant"), [("crysbfn", None), ("kldm", "d"), ("kldm", "c"), ("kldm", "c-ab")]
+)
+def test_every_method_generates_through_the_job(method, variant, tmp_path):
+    overrides = ["method.task=dng"] + ([f"method.type_variant={variant}"] if variant else [])
+    checkpoint = write_tiny_checkpoint(tmp_path / "m.pt", overrides, method=method)
+    out = tmp_path / "run"
+    result = run("mass_sample.py", "--checkpoint", checkpoint, "--num-samples", 12,
+                 "--unit-size", 6, "--steps", 4, "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = ds.dataset(out / "data").to_table()
+    assert table.num_rows == 12 and set(table["method"].to_pylist()) == {method}
+    types = {z for row in table["atomic_numbers"].to_pylist() for z in row}
+    assert types <= set(DNG_DATA["atom_types"])

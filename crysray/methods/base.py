@@ -99,6 +99,23 @@ class GenerativeMethod(nn.Module, ABC):
                 ) from None
         return resolved
 
+    def register_type_vocabulary(self) -> None:
+        """For de novo generation: buffers mapping type index -> Z (``type_vocab``) and Z ->
+        index (``type_index``, -1 outside the vocabulary), rebuilt from the config."""
+        vocab = torch.tensor(self.config.data.atom_types, dtype=torch.long)
+        size = max(self.config.net.max_atomic_number, int(vocab.max())) + 1
+        index = torch.full((size,), -1)
+        index[vocab] = torch.arange(len(vocab))
+        self.register_buffer("type_vocab", vocab, persistent=False)
+        self.register_buffer("type_index", index, persistent=False)
+
+    def type_indices(self, atom_types: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers -> vocabulary indices; refuses types the model cannot generate."""
+        index = self.type_index[atom_types.clamp(0, len(self.type_index) - 1)]
+        if bool((index < 0).any()):  # one host sync per batch, only for DNG training
+            raise ValueError(f"{self.name} dng: the batch holds atom types outside data.atom_types")
+        return index
+
     def network_evaluations(self, steps: int, **sampler_options) -> int:
         """Network evaluations per crystal of one ``sample`` call (one per step unless a
         sampler says otherwise)."""

@@ -119,18 +119,7 @@ class CrysBFN(GenerativeMethod):
         self.lattice_std = data.lattice_std
         if self.dng:
             self.type_flow = DiscreteFlow(m.beta1_type, len(data.atom_types))
-            vocab = torch.tensor(data.atom_types, dtype=torch.long)
-            index = torch.full((max(net.max_atomic_number, int(vocab.max())) + 1,), -1)
-            index[vocab] = torch.arange(len(vocab))
-            # rebuilt from the config, so not saved with the weights
-            self.register_buffer("type_vocab", vocab, persistent=False)
-            self.register_buffer("type_index", index, persistent=False)
-
-    def _type_one_hot(self, atom_types: torch.Tensor) -> torch.Tensor:
-        index = self.type_index[atom_types.clamp(0, len(self.type_index) - 1)]
-        if bool((index < 0).any()):  # one host sync per batch, only for DNG training
-            raise ValueError("crysbfn dng: the batch holds atom types outside data.atom_types")
-        return nn.functional.one_hot(index, len(self.type_vocab)).float()
+            self.register_type_vocabulary()
 
     @classmethod
     def fit_config(cls, config: RunConfig, train_table) -> RunConfig:
@@ -166,7 +155,8 @@ class CrysBFN(GenerativeMethod):
         lattice_in = self.lattice_flow.draw(lattice_centre, t.view(-1, 1, 1), generator)
         types_in = batch.atom_types
         if self.dng:  # theta_{i-1} of the types from their flow at t = (i-1)/N
-            one_hot = self._type_one_hot(batch.atom_types)
+            index = self.type_indices(batch.atom_types)
+            one_hot = nn.functional.one_hot(index, len(self.type_vocab)).float()
             types_in = self.type_flow.draw(one_hot, t[batch_idx].unsqueeze(-1), generator)
         x_hat, lattice_hat, logits = self.denoiser(types_in, m, u, t, lattice_in, batch.num_atoms)
         w_coord = coord_weights[step - 1]
