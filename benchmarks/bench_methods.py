@@ -51,14 +51,15 @@ def run(spec: str, subset: int | None, batch_size: int, workers: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ["run", "sampler", "steps", "NFE/crystal", "match @1", "RMSE", "RMSE < 0.05",
-            "crystals/s", "crystals"]  # fmt: skip
+            "atoms < 0.5 A", "crystals/s", "crystals"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: (r["method"], r["sampler_options"]["sampler"],
                                          r["network_evaluations"])):  # fmt: skip
         lines.append(
             f"| {r['label']} | {r['sampler_options']['sampler']} | {r['steps']} | "
             f"{r['network_evaluations']} | {r['match_rate']:.2%} | {r['rmse']:.4f} | "
-            f"{r['tight_0.05']:.2%} | {r['crystals_per_second']:.2f} | {r['n']} |"
+            f"{r['tight_0.05']:.2%} | {r['close_atoms_share']:.2%} | "
+            f"{r['crystals_per_second']:.2f} | {r['n']} |"
         )
     return "\n".join(lines)
 
