@@ -33,6 +33,7 @@ DEFAULT_CHECKPOINT = REPO / "checkpoints" / "crysbfn_perov5.pt"
 
 def parse_args(argv=None) -> argparse.Namespace:
     from crysray.filter.config import add_funnel_arguments
+    from crysray.sample.sampler import add_sampler_arguments
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,18 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="sampler steps (default: the method's, e.g. CrysBFN N = 10, KLDM 1000)",
     )
-    p.add_argument(
-        "--sampler",
-        default=None,
-        help="the method's sampler (default: its first; CrysBFN: end-back; KLDM: pc or em)",
-    )
-    p.add_argument(
-        "--sampler-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a sampler option, repeatable (e.g. KLDM pc: corrector_steps=2, snr=0.25)",
-    )
+    add_sampler_arguments(p)
     p.add_argument("--batch-size", type=int, default=256, help="crystals per network call")
     p.add_argument(
         "--precision",
@@ -150,11 +140,12 @@ def sampler_record(args, model_config) -> tuple[int, dict]:
     method (this job does not know which method it runs)."""
     from crysray.config import RunConfig
     from crysray.methods.registry import method_class
-    from crysray.sample.sampler import parse_sampler_options
+    from crysray.sample.sampler import sampler_options_from_args
 
     method = method_class(RunConfig.from_dict(model_config))
-    options = parse_sampler_options(args.sampler_option)
-    return args.steps or method.default_steps, method.sampler_options(args.sampler, **options)
+    return args.steps or method.default_steps, method.sampler_options(
+        **sampler_options_from_args(args)
+    )
 
 
 def plan(args, config: dict, funnel_config=None):

@@ -11,7 +11,6 @@ python -m crysray.eval.run_csp --checkpoint checkpoints/crysbfn_perov5.pt --step
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,10 +19,10 @@ import numpy as np
 
 from crysray.data.csv import dataset_path, load_split
 from crysray.eval.csp import match_rate_rmse
+from crysray.eval.report import emit
 from crysray.sample.compositions import table_compositions
-from crysray.sample.sampler import CrystalSampler, parse_sampler_options
+from crysray.sample.sampler import CrystalSampler, add_sampler_arguments, sampler_options_from_args
 from crysray.sample.schema import rows_to_structures
-from crysray.train.checkpoint import CheckpointError
 
 
 def evaluate_csp(
@@ -91,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     parser.add_argument("--split", default="test")
     parser.add_argument("--steps", type=int, default=10, help="sampler steps (CrysBFN: N)")
-    parser.add_argument("--sampler", default=None, help="the method's sampler (default: its first)")
-    parser.add_argument(
-        "--sampler-option", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
-    )
+    add_sampler_arguments(parser)
     parser.add_argument("--subset", type=int, default=None, help="random SUBSET crystals only")
     parser.add_argument("--k", type=int, default=1, help="candidates per crystal (@k)")
     parser.add_argument("--batch-size", type=int, default=512)
@@ -106,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.k < 1:
         parser.error("--steps and --k must be >= 1")
-    try:
-        result = evaluate_csp(
+    return emit(
+        "run_csp",
+        lambda: evaluate_csp(
             args.checkpoint,
             args.dataset,
             args.split,
@@ -118,17 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             args.limit,
             args.workers,
             args.precision,
-            {"sampler": args.sampler, **parse_sampler_options(args.sampler_option)},
+            sampler_options_from_args(args),
             args.subset,
-        )
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"run_csp: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(json.dumps(result) + "\n")
-    return 0
+        ),
+        args.out,
+    )
 
 
 if __name__ == "__main__":

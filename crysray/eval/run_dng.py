@@ -9,18 +9,17 @@ for coverage and Wasserstein distances, the training split for novelty.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from crysray.data.csv import dataset_path, load_split
 from crysray.eval.dng import dng_metrics
+from crysray.eval.report import emit
 from crysray.filter.uniqueness import TrainingSet
-from crysray.sample.sampler import CrystalSampler, parse_sampler_options
+from crysray.sample.sampler import CrystalSampler, add_sampler_arguments, sampler_options_from_args
 from crysray.sample.schema import rows_to_structures
 from crysray.sample.targets import AtomCountTargets
-from crysray.train.checkpoint import CheckpointError
 
 
 def evaluate_dng(
@@ -73,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=None, help="default: the method's")
-    parser.add_argument("--sampler", default=None)
-    parser.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE")
+    add_sampler_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes for fingerprints")
@@ -82,24 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
-    try:
-        result = evaluate_dng(
+    return emit(
+        "run_dng",
+        lambda: evaluate_dng(
             args.checkpoint,
             args.num_samples,
             args.steps,
             args.batch_size,
             args.seed,
             args.workers,
-            {"sampler": args.sampler, **parse_sampler_options(args.sampler_option)},
-        )
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"run_dng: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(json.dumps(result) + "\n")
-    return 0
+            sampler_options_from_args(args),
+        ),
+        args.out,
+    )
 
 
 if __name__ == "__main__":

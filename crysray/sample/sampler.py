@@ -42,6 +42,27 @@ def unit_generator(
     return torch.Generator(device=device).manual_seed(state)
 
 
+def add_sampler_arguments(parser) -> None:
+    """``--sampler`` and ``--sampler-option``, as every sampling entry point takes them."""
+    parser.add_argument(
+        "--sampler",
+        default=None,
+        help="the method's sampler (default: its first; CrysBFN: end-back; KLDM: pc or em)",
+    )
+    parser.add_argument(
+        "--sampler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampler option, repeatable (e.g. KLDM pc: corrector_steps=2, snr=0.25)",
+    )
+
+
+def sampler_options_from_args(args) -> dict:
+    """What ``add_sampler_arguments`` parsed, as ``GenerativeMethod.sampler_options`` input."""
+    return {"sampler": args.sampler, **parse_sampler_options(args.sampler_option)}
+
+
 def parse_sampler_options(items: list[str]) -> dict:
     """``["key=value", ...]`` from a command line -> options (values parsed as YAML scalars)."""
     import yaml
