@@ -188,8 +188,7 @@ def plan(args, config: dict, funnel_config=None):
             "know; use --hull local, or run jobs/filter_stability.py on the finished run"
         )
     formulas = {
-        composition_of(c.atomic_numbers).reduced_formula
-        for c in getattr(targets, "compositions", [])
+        composition_of(c.atomic_numbers).reduced_formula for c in targets.known_compositions()
     }
     hull = prepare_hull(funnel_config, formulas, args.mp_api_key)
     todo = open_run(args.out, spec)

@@ -235,7 +235,7 @@ class CrysBFN(GenerativeMethod):
                 lattice_in = self.lattice_flow.draw(lattice_hat, i / steps, generator)
                 if self.dng:
                     probs = torch.softmax(logits, dim=-1)
-                    types_in = self.type_flow.draw(probs, torch.tensor(i / steps), generator)
+                    types_in = self.type_flow.draw(probs, i / steps, generator)
         if self.dng:
             draw = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
             atom_types = self.type_vocab[draw.squeeze(-1)]

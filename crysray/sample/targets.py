@@ -27,6 +27,10 @@ class Targets(ABC):
     def for_unit(self, start: int, stop: int, seed: int, unit: int) -> list[Composition]:
         """Specs of samples [start, stop) of work unit ``unit``."""
 
+    def known_compositions(self) -> list[Composition]:
+        """Compositions known before sampling (what a hull can be prepared for); none for DNG."""
+        return []
+
 
 @dataclass(frozen=True)
 class CompositionTargets(Targets):
@@ -41,6 +45,9 @@ class CompositionTargets(Targets):
             z = np.asarray(c.atomic_numbers, dtype=np.int64).tobytes()
             h.update(c.source_id.encode() + b"\0" + z + b"\n")
         return h.hexdigest()[:16]
+
+    def known_compositions(self) -> list[Composition]:
+        return self.compositions
 
     def for_unit(self, start: int, stop: int, seed: int, unit: int) -> list[Composition]:
         n = len(self.compositions)
