@@ -138,6 +138,15 @@ DATASETS: dict[tuple[str, str], Remote] = {
     ),
 }
 
+# Splits made by concatenating others (rows verbatim, in order). mp_20_reduced is the part of
+# MP-20 available offline: the pilot samples plus the binary and ternary compounds of the val
+# split as training data. It is NOT the MP-20 benchmark: numbers on it are labelled as such.
+COMPOSED: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("mp_20_reduced", "train"): (("mp_20_pilot", "train"), ("mp_20_biternary", "val")),
+    ("mp_20_reduced", "val"): (("mp_20_pilot", "val"),),
+    ("mp_20_reduced", "test"): (("mp_20_pilot", "test"),),
+}
+
 MP_REFERENCES_REMOTE = Remote(
     MP_REFERENCES,
     f"{MATBENCH_DISCOVERY}/2023-02-07-mp-elemental-reference-entries.json.gz",
@@ -195,6 +204,8 @@ def dataset_file(dataset: str, split: str) -> Path:
     found = _first_file(relpaths, _data_dirs())
     if found is not None:
         return found
+    if (dataset, split) in COMPOSED:
+        return _compose(dataset, split)
     remote = DATASETS.get((dataset, split))
     hint = _data_hint(dataset, f"{split}.csv")
     if remote is None:
@@ -203,6 +214,28 @@ def dataset_file(dataset: str, split: str) -> Path:
             f"copy: {hint}"
         )
     return _download(remote, "CRYSRAY_DATA_URL", _cache_root() / "data", hint)
+
+
+def _compose(dataset: str, split: str) -> Path:
+    """Write the concatenation of a composed split's parts into the cache (once).
+
+    The parts are pinned by checksum, so the cached file never goes stale; the header comes
+    from the first part and every part must have the same columns.
+    """
+    import pandas as pd  # only composed splits need it
+
+    from crysray.atomic import atomic_path
+
+    parts = [dataset_file(*part) for part in COMPOSED[(dataset, split)]]
+    frames = [pd.read_csv(p) for p in parts]
+    columns = list(frames[0].columns)
+    for path, frame in zip(parts, frames):
+        if list(frame.columns) != columns:
+            raise ResourceError(f"{path}: columns differ from {parts[0]}; cannot compose {dataset}")
+    final = _cache_root() / "data" / dataset / f"{split}.csv.gz"
+    with atomic_path(final) as tmp:
+        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False, compression="gzip")
+    return final
 
 
 def matgl_model_dir(name: str) -> Path:

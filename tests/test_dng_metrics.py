@@ -7,7 +7,13 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from crysray.data.csv import dataset_path, load_split
-from crysray.eval.dng import coverage, cutoffs_for, dng_metrics, fingerprints
+from crysray.eval.dng import (
+    coverage,
+    cutoffs_for,
+    dng_metrics,
+    fingerprints,
+    reference_fingerprints,
+)
 from crysray.filter.uniqueness import TrainingSet
 
 
@@ -53,3 +59,15 @@ def test_fingerprints_skip_missing_cells(perovskites):
     _, crystals = perovskites
     s, c, kept = fingerprints([None, crystals[0], None])
     assert s.shape == (1, 61) and c.shape == (1, 132) and kept.tolist() == [1]
+
+
+def test_reference_fingerprints_are_cached_by_content(perovskites):
+    _, crystals = perovskites
+    first = reference_fingerprints(crystals[:3])
+    again = reference_fingerprints(crystals[:3])  # from the cache
+    direct = fingerprints(crystals[:3])
+    for a, b, c in zip(first, again, direct[:2]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c)
+    other = reference_fingerprints(crystals[3:5])  # other crystals: not the cached answer
+    assert other[0].shape == (2, 61) and not np.allclose(other[0][:1], first[0][:1])

@@ -18,6 +18,8 @@ split, 1000 crystals) once, and caches them. The cutoffs then mean the same on e
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -42,17 +44,24 @@ def cutoffs_for(dataset: str) -> tuple[float, float]:
     return COV_CUTOFFS.get(dataset, COV_CUTOFFS["mp_20"])
 
 
-def _fingerprint(structure: Structure) -> tuple[np.ndarray, np.ndarray] | None:
-    """(structure fingerprint, Magpie composition fingerprint), or None if either fails."""
+@functools.cache
+def _featurizers():
+    """(CrystalNN site fingerprint, Magpie composition features), built once per process:
+    loading the Magpie tables costs more than fingerprinting a small crystal."""
     from matminer.featurizers.composition.composite import ElementProperty
     from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
 
+    return CrystalNNFingerprint.from_preset("ops"), ElementProperty.from_preset("magpie")
+
+
+def _fingerprint(structure: Structure) -> tuple[np.ndarray, np.ndarray] | None:
+    """(structure fingerprint, Magpie composition fingerprint), or None if either fails."""
+    site, magpie = _featurizers()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            site = CrystalNNFingerprint.from_preset("ops")
             sites = [site.featurize(structure, i) for i in range(len(structure))]
-            magpie = ElementProperty.from_preset("magpie").featurize(structure.composition)
+            magpie = magpie.featurize(structure.composition)
     except Exception:  # noqa: BLE001 - CDVAE drops crystals whose fingerprint fails
         return None
     struct_fp, comp_fp = np.mean(sites, axis=0), np.asarray(magpie, dtype=np.float64)
@@ -81,15 +90,32 @@ def fingerprints(structures: list[Structure | None], workers: int = 1):
     )
 
 
+def reference_fingerprints(structures: list[Structure], workers: int = 1):
+    """``fingerprints`` of a reference split, cached by the crystals' content: every model
+    evaluated on a dataset compares against the same test split."""
+    digest = hashlib.sha256()
+    for s in structures:
+        digest.update(np.asarray(s.lattice.matrix, np.float64).tobytes())
+        digest.update(np.asarray(s.frac_coords, np.float64).tobytes())
+        digest.update(np.asarray(s.atomic_numbers, np.int64).tobytes())
+    path = default_cache_dir() / "dng" / f"fingerprints-{digest.hexdigest()[:24]}.npz"
+    if path.is_file():
+        saved = np.load(path)
+        return saved["structure"], saved["composition"]
+    struct_fp, comp_fp, _ = fingerprints(structures, workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, structure=struct_fp, composition=comp_fp)
+    return struct_fp, comp_fp
+
+
 def composition_scaler() -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of the Magpie features over the MP-20 (pilot) training compositions."""
     path = default_cache_dir() / "dng" / "magpie_scaler_mp_20_pilot.npz"
     if path.is_file():
         saved = np.load(path)
         return saved["mean"], saved["std"]
-    from matminer.featurizers.composition.composite import ElementProperty
-
-    magpie = ElementProperty.from_preset("magpie")
+    magpie = _featurizers()[1]
     table = load_split(dataset_path("mp_20_pilot", "train"))
     features = np.array(
         [magpie.featurize(composition_of(z)) for z in table.compositions()], dtype=np.float64
@@ -142,7 +168,7 @@ def dng_metrics(
     )
     valid = struct_ok & comp_ok
     gen_s, gen_c, _ = fingerprints(generated, workers)
-    ref_s, ref_c, _ = fingerprints(list(test), workers)
+    ref_s, ref_c = reference_fingerprints(list(test), workers)
     recall, precision = coverage(gen_s, gen_c, ref_s, ref_c, cutoffs_for(dataset), n)
 
     rng = np.random.default_rng(seed)
