@@ -14,12 +14,14 @@ import contextlib
 
 import pytest
 import torch
+from support import tiny_config
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from crysray.config import load_config
 from crysray.methods.crysbfn import CrysBFN
 from crysray.methods.flows import GaussianFlow, VonMisesFlow
+from crysray.methods.registry import build_method
 from crysray.train.loop import evaluate_loss
 from crysray.types import CrystalBatch
 
@@ -113,3 +115,27 @@ def test_evaluate_loss_moves_host_batches_to_the_model_device():
     with on_one_device():
         value = evaluate_loss(model, [batch])
     assert value > 0
+
+
+METHOD_CASES = [
+    ("crysbfn", ["method.task=dng"], {}),
+    ("kldm", [], {"sampler": "em"}),
+    ("kldm", [], {"sampler": "pc"}),
+    *[
+        ("kldm", ["method.task=dng", f"method.type_variant={variant}"], {"sampler": sampler})
+        for variant in ("c", "c-ab", "d")
+        for sampler in ("em", "pc")
+    ],
+]
+
+
+@pytest.mark.parametrize("method, overrides, options", METHOD_CASES)
+def test_every_method_task_and_sampler_stays_on_the_model_device(method, overrides, options):
+    model, batch = build_method(tiny_config(method, overrides)), _batch()
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    with on_one_device():
+        loss, _ = model.loss(batch, generator)
+        loss.backward()
+        out = model.sample(batch, 3, generator, **model.sampler_options(**options))
+    assert torch.isfinite(loss) and out.frac_coords.shape == batch.frac_coords.shape
+    assert out.atom_types.device.type == "cpu"
