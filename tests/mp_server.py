@@ -14,6 +14,7 @@ its chemical system, the way the Materials Project builds its thermo documents.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import threading
@@ -183,6 +184,20 @@ class FakeMP:
                 pass
 
         return Handler
+
+
+@contextlib.contextmanager
+def serving(monkeypatch, key: str | None = KEY, **docs):
+    """A FakeMP with ``docs`` that crysray's client is pointed at (no back-off waits);
+    ``MP_API_KEY`` is set to ``key``, or removed with None."""
+    with FakeMP(**docs) as server:
+        monkeypatch.setenv("CRYSRAY_MP_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("CRYSRAY_MP_BACKOFF", "0.01")
+        if key is None:
+            monkeypatch.delenv("MP_API_KEY", raising=False)
+        else:
+            monkeypatch.setenv("MP_API_KEY", key)
+        yield server
 
 
 def _matches(doc: dict, params: dict) -> bool:

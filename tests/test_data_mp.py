@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from mp_server import KEY, FakeMP, mp20_rows, summary_docs
+from mp_server import KEY, mp20_rows, serving, summary_docs
 
 from crysray.commands import main
 from crysray.data.csv import load_split
@@ -22,10 +22,7 @@ def docs():
 
 @pytest.fixture
 def server(docs, monkeypatch):
-    with FakeMP(summary=docs) as server:
-        monkeypatch.setenv("CRYSRAY_MP_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("CRYSRAY_MP_BACKOFF", "0.01")
-        monkeypatch.setenv("MP_API_KEY", KEY)
+    with serving(monkeypatch, summary=docs) as server:
         yield server
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from mp_server import KEY, FakeMP, materials_from_rows, mp20_rows, thermo_docs
+from mp_server import KEY, materials_from_rows, mp20_rows, serving, thermo_docs
 from pymatgen.core import Composition
 
 from crysray.filter.mp_hull import MissingReference, MPHull
@@ -27,10 +27,7 @@ def docs():
 
 @pytest.fixture
 def server(docs, monkeypatch):
-    with FakeMP(thermo=docs) as server:
-        monkeypatch.setenv("CRYSRAY_MP_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("CRYSRAY_MP_BACKOFF", "0.01")
-        monkeypatch.delenv("MP_API_KEY", raising=False)
+    with serving(monkeypatch, key=None, thermo=docs) as server:
         yield server
 
 
