@@ -113,7 +113,7 @@ class KLDM(GenerativeMethod):
             self.types,
         )
         self.stats = lat.LatticeStats.from_dict(m.lattice_stats)
-        self.lam = kp.LambdaTable()
+        self.lam = kp.lambda_table()
 
     @classmethod
     def fit_config(cls, config: RunConfig, train_table) -> RunConfig:

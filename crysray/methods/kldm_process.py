@@ -11,6 +11,7 @@ broadcastable to it (use ``t_per_atom``). ``batch_idx`` (N,) maps atoms to cryst
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -176,6 +177,13 @@ class LambdaTable:
         w = pos - lo
         log_lam = (1 - w) * log_table[lo] + w * log_table[lo + 1]
         return torch.exp(log_lam).to(t.dtype)
+
+
+@functools.cache
+def lambda_table() -> LambdaTable:
+    """The default table, built once per process: every KLDM model (and each Ray actor's
+    replicas) reads the same read-only values."""
+    return LambdaTable()
 
 
 def simplified_target(draw, t, batch_idx, num_crystals, lam: LambdaTable, eps=SQRT_EPS):
