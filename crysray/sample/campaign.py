@@ -159,12 +159,14 @@ def failed_units(out_dir: Location) -> dict[int, str]:
 def record_failures(out_dir: Location) -> dict[int, str]:
     """Write the given-up units into the manifest (replacing an earlier list); return them."""
     store = storage_of(out_dir)
-    saved = json.loads(store.read_text(MANIFEST))
+    text = store.read_text(MANIFEST)
+    saved = json.loads(text)
     failed = failed_units(store)
     saved.pop("failed_units", None)
     if failed:
         saved["failed_units"] = {str(u): e for u, e in failed.items()}
-    store.write_text(MANIFEST, json.dumps(saved, indent=1))
+    if json.dumps(saved, indent=1) != text:  # a finished rerun leaves the manifest untouched
+        store.write_text(MANIFEST, json.dumps(saved, indent=1))
     return failed
 
 
