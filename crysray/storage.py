@@ -122,7 +122,11 @@ class Storage:
         )
 
     def delete(self, key: str) -> None:
-        """Remove ``key``; a key that is already gone is fine."""
+        """Remove ``key``; a key that is already gone is fine.
+
+        On S3, pyarrow keeps the emptied "directory" as a zero-byte marker object (its key ends
+        in "/"); listings here skip it.
+        """
         try:
             self.fs.delete_file(self.path(key))
         except FileNotFoundError:

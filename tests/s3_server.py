@@ -7,6 +7,7 @@ subprocesses and their Ray workers all reach this server and nothing else.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import boto3
@@ -21,6 +22,7 @@ class S3Server:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 
     def __enter__(self) -> S3Server:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
@@ -61,12 +63,17 @@ class S3Bucket:
         return f"s3://{self.name}/{prefix}"
 
     def objects(self, prefix: str) -> dict[str, tuple[str, object]]:
-        """key -> (ETag, LastModified) of every object under ``prefix``."""
+        """key -> (ETag, LastModified) of every object under ``prefix``.
+
+        Zero-byte "directory" markers (``prefix/attempts/``), which pyarrow's S3 file system
+        leaves when it deletes the last file of a directory, are left out.
+        """
         pages = self.server.client().get_paginator("list_objects_v2")
         return {
             o["Key"]: (o["ETag"], o["LastModified"])
             for page in pages.paginate(Bucket=self.name, Prefix=prefix.rstrip("/") + "/")
             for o in page.get("Contents", [])
+            if not o["Key"].endswith("/")
         }
 
     def delete(self, key: str) -> None:
