@@ -147,6 +147,13 @@ class Storage:
         return ds.dataset(paths, schema=schema, format="parquet", filesystem=self.fs)
 
 
+Location = str | os.PathLike | Storage  # a local directory, a URL, or storage already opened
+
+
+def storage_of(location: Location) -> Storage:
+    return location if isinstance(location, Storage) else Storage(location)
+
+
 def locate_files(paths) -> list[tuple[pafs.FileSystem, str]]:
     """(file system, path on it) of each local path or URL; one file system per bucket."""
     systems: dict[tuple, Storage] = {}

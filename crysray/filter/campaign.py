@@ -22,17 +22,9 @@ from crysray.filter.actor import StabilityFunnel
 from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import STAGES, bools, funnel_counts
 from crysray.filter.uniqueness import uniqueness
-from crysray.sample.campaign import (
-    Location,
-    RunDirectoryError,
-    finished_units,
-    storage_of,
-    unit_key,
-    unit_name,
-    unit_of,
-)
+from crysray.sample.campaign import RunDirectoryError, finished_units, unit_key, unit_name, unit_of
 from crysray.sample.schema import read_samples, rows_to_structures
-from crysray.storage import Storage
+from crysray.storage import Location, Storage, storage_of
 
 FUNNEL_DIR = "funnel"
 FUNNEL_MANIFEST = "manifest.json"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +33,7 @@ import pyarrow as pa
 from crysray.sample.sampler import CrystalSampler
 from crysray.sample.schema import SCHEMA
 from crysray.sample.targets import Targets
-from crysray.storage import Storage
+from crysray.storage import Location, Storage, storage_of
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
@@ -75,19 +74,12 @@ class CampaignSpec:
         return start, min(start + self.unit_size, self.num_samples)
 
 
-Location = str | Path | Storage  # a local directory, a URL (crysray.storage) or opened storage
-
-
-def storage_of(location: Location) -> Storage:
-    return location if isinstance(location, Storage) else Storage(location)
+def unit_name(unit: int) -> str:
+    return f"unit-{unit:08d}.parquet"
 
 
 def unit_key(unit: int) -> str:
     return f"{DATA_DIR}/{unit_name(unit)}"
-
-
-def unit_name(unit: int) -> str:
-    return f"unit-{unit:08d}.parquet"
 
 
 def unit_of(name: str) -> int:
