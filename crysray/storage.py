@@ -163,6 +163,9 @@ def locate_files(paths) -> list[tuple[pafs.FileSystem, str]]:
             located.append((pafs.LocalFileSystem(), str(Path(path).resolve())))
             continue
         url = urlsplit(str(path))
+        if url.scheme == "file":  # no bucket: the URL's path is the local path
+            located.append((pafs.LocalFileSystem(), url.path))
+            continue
         bucket = url._replace(path="", fragment="")
         if bucket not in systems:
             systems[bucket] = Storage(urlunsplit(bucket))

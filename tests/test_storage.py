@@ -10,10 +10,12 @@ import pytest
 from crysray.storage import Storage, StorageError, locate_files
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "file-url", "s3"])
 def location(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "run")
+    if request.param == "file-url":
+        return f"file://{tmp_path}/run"
     return request.getfixturevalue("s3_bucket").url("campaigns/run")
 
 
