@@ -12,6 +12,7 @@ import ray
 
 from crysray.filter.campaign import FunnelUnitWorker
 from crysray.filter.config import FunnelConfig
+from crysray.storage import is_url
 
 
 def funnel_resources(cluster: dict, replicas: int, cpus=None, gpus=None) -> tuple[float, float]:
@@ -25,7 +26,7 @@ def funnel_resources(cluster: dict, replicas: int, cpus=None, gpus=None) -> tupl
 def add_funnel_stage(
     dataset,
     config: FunnelConfig,
-    run_dir: Path,
+    run_dir: str | Path,
     replicas: int,
     cpus: float | None = None,
     gpus: float | None = None,
@@ -35,6 +36,11 @@ def add_funnel_stage(
     return dataset.map_batches(
         FunnelUnitWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=replicas),
         num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
-        fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()), "config": config.as_dict(),
+        fn_constructor_kwargs={"run_dir": _absolute(run_dir), "config": config.as_dict(),
                                "torch_threads": max(1, int(cpus))},
     )  # fmt: skip
+
+
+def _absolute(run_dir: str | Path) -> str:
+    """What actors on any node can open: an absolute path, or the URL as it is."""
+    return str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())

@@ -1,6 +1,7 @@
 """Run the MatGL stability funnel over a sampling run directory (resumable, exactly once).
 
     python jobs/filter_stability.py --run outputs/perov5_csp [--hull mp|local] [--offline]
+    python jobs/filter_stability.py --run s3://my-bucket/campaign1 --hull local
 
 Per work unit: structural validity, SMACT composition validity, novelty against the training
 set, batched MatGL relaxation, formation energy on the Materials Project's scale and energy
@@ -31,15 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--run", type=Path, required=True, help="output directory of jobs/mass_sample.py"
-    )
+    p.add_argument("--run", required=True, help="output directory or URL of jobs/mass_sample.py")
     add_funnel_arguments(p)
     return p.parse_args(argv)
 
 
 def run(args) -> dict:
-    import pyarrow.dataset as ds
     import ray
 
     from crysray.data.csv import dataset_path
@@ -52,16 +50,19 @@ def run(args) -> dict:
     )
     from crysray.filter.config import funnel_config_from_args
     from crysray.filter.hulls import prepare_hull
+    from crysray.sample.campaign import unit_key
+    from crysray.storage import Storage
 
-    run_dir = args.run
-    if not (run_dir / "manifest.json").is_file():
+    run_dir = Storage(args.run)  # a bad URL or a missing bucket fails here, before Ray
+    if not run_dir.exists("manifest.json"):
         raise FileNotFoundError(f"{run_dir} is not a crysray sampling run (no manifest.json)")
-    if not sampled_units(run_dir):
+    sampled = sampled_units(run_dir)
+    if not sampled:
         raise ValueError(f"{run_dir} holds no sampled work units yet")
     # runs written before the manifest named its dataset sampled Perov-5 models only
-    dataset = json.loads((run_dir / "manifest.json").read_text()).get("dataset") or "perov_5"
+    dataset = json.loads(run_dir.read_text("manifest.json")).get("dataset") or "perov_5"
     config = funnel_config_from_args(args, dataset_path(dataset, "train"))
-    formulas = ds.dataset(run_dir / "data", format="parquet").to_table(columns=["formula"])
+    formulas = run_dir.dataset([unit_key(u) for u in sampled]).to_table(columns=["formula"])
     hull = prepare_hull(config, set(formulas["formula"].to_pylist()), args.mp_api_key)
     open_funnel(run_dir, config, hull)
     todo = pending_funnel_units(run_dir)
@@ -71,7 +72,12 @@ def run(args) -> dict:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
         stage = add_funnel_stage(
-            units, config, run_dir, args.funnel_replicas, args.funnel_cpus, args.funnel_gpus
+            units,
+            config,
+            run_dir.location,
+            args.funnel_replicas,
+            args.funnel_cpus,
+            args.funnel_gpus,
         )
         for _ in stage.iter_rows():
             pass

@@ -8,7 +8,11 @@ On a cluster:
 
     RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/mass_sample.py --compositions my_formulas.txt --num-samples 1000000 \\
-        --replicas 64 --gpus-per-replica 1 --out /shared/campaign1
+        --replicas 64 --gpus-per-replica 1 --out s3://my-bucket/campaign1
+
+--out is a local directory or a URL (s3://bucket/prefix, gs://bucket/prefix, file:///path);
+credentials come from the environment (e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL) of the driver
+and of every Ray node, never from the URL, and are written nowhere.
 
 Rerunning the same command on the same --out resumes: finished work units are skipped and the
 final dataset holds exactly --num-samples rows with unique sample_ids.
@@ -107,7 +111,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--threads-per-replica", type=int, default=None, help="torch threads per replica"
     )
-    p.add_argument("--out", type=Path, required=True, help="output directory (created, or resumed)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory or URL, e.g. s3://bucket/prefix (created, or resumed)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
@@ -177,7 +185,7 @@ def plan(args, config: dict, funnel_config=None):
         sampler_options=sampler_options,
     )
     if funnel_config is None:
-        return spec, targets, open_run(args.out, spec)
+        return spec, targets, open_run(args.store, spec)
     from crysray.filter.campaign import open_funnel, pending_funnel_units
     from crysray.filter.composition import composition_of
     from crysray.filter.hulls import prepare_hull
@@ -191,9 +199,9 @@ def plan(args, config: dict, funnel_config=None):
         composition_of(c.atomic_numbers).reduced_formula for c in targets.known_compositions()
     }
     hull = prepare_hull(funnel_config, formulas, args.mp_api_key)
-    todo = open_run(args.out, spec)
-    open_funnel(args.out, funnel_config, hull)
-    return spec, targets, sorted(set(todo) | set(pending_funnel_units(args.out)))
+    todo = open_run(args.store, spec)
+    open_funnel(args.store, funnel_config, hull)
+    return spec, targets, sorted(set(todo) | set(pending_funnel_units(args.store)))
 
 
 def csp_targets(args, config: dict):
@@ -259,11 +267,13 @@ def run(args) -> dict:
     from crysray.data.csv import dataset_path
     from crysray.filter.config import funnel_config_from_args
     from crysray.sample.campaign import CampaignWorker
+    from crysray.storage import Storage
     from crysray.train.checkpoint import read_checkpoint
 
     # validated before anything is written; defaults (compositions, novelty set) come from
     # the dataset the checkpoint was trained on
     validate(args)
+    args.store = Storage(args.out)  # a bad URL or a missing bucket fails here, before Ray
     model_config = read_checkpoint(args.checkpoint)["config"]
     dataset = model_config["data"]["dataset"]
     config = funnel_config_from_args(args, dataset_path(dataset, "train")) if args.funnel else None
@@ -289,7 +299,7 @@ def run(args) -> dict:
             num_gpus=res["num_gpus"],
             fn_constructor_kwargs={
                 "checkpoint": str(args.checkpoint.resolve()),
-                "out_dir": str(args.out.resolve()),
+                "out_dir": args.store.location,  # absolute path, or the URL (no credentials)
                 "spec": spec.__dict__,
                 "targets": targets,
                 "threads": res["threads"],
@@ -304,7 +314,7 @@ def run(args) -> dict:
             summaries = add_funnel_stage(
                 summaries,
                 config,
-                args.out,
+                args.store.location,
                 args.funnel_replicas,
                 args.funnel_cpus,
                 args.funnel_gpus,
@@ -321,13 +331,13 @@ def run(args) -> dict:
     seconds = time.perf_counter() - start
     from crysray.sample.campaign import record_failures
 
-    failed = record_failures(args.out)
+    failed = record_failures(args.store)
     if args.funnel:
         from crysray.filter.campaign import finalize_run
 
-        print(json.dumps(finalize_run(args.out)["funnel"]))
+        print(json.dumps(finalize_run(args.store)["funnel"]))
     return {
-        **summarize(args.out, spec, todo, seconds),
+        **summarize(args.store, spec, todo, seconds),
         "steady_crystals_per_second": steady_rate(arrivals),
         "failed_units": failed,
         "skipped_compositions": args.skipped_compositions,
@@ -345,18 +355,17 @@ def _rows_to_do(spec, todo) -> int:
     return sum(spec.unit_range(u)[1] - spec.unit_range(u)[0] for u in todo)
 
 
-def summarize(out_dir: Path, spec, todo, seconds: float) -> dict:
+def summarize(store, spec, todo, seconds: float) -> dict:
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
+    from crysray.sample.campaign import finished_units, unit_key
     from crysray.sample.schema import SCHEMA
 
-    table = ds.dataset(out_dir / "data", format="parquet", schema=SCHEMA).to_table(
+    finished = finished_units(store)
+    table = store.dataset([unit_key(u) for u in finished], schema=SCHEMA).to_table(
         columns=["sample_id", "valid_structure"]
     )
-    from crysray.sample.campaign import unit_path
-
-    generated = _rows_to_do(spec, [u for u in todo if unit_path(out_dir, u).exists()])
+    generated = _rows_to_do(spec, sorted(set(todo) & set(finished)))
     return {
         "rows": table.num_rows,
         "unique_ids": pc.count_distinct(table.column("sample_id")).as_py(),
@@ -364,7 +373,7 @@ def summarize(out_dir: Path, spec, todo, seconds: float) -> dict:
         "generated_now": generated,
         "crystals_per_second": generated / seconds if seconds > 0 else float("nan"),
         "wall_seconds": seconds,
-        "output": str(out_dir / "data"),
+        "output": store.display("data"),
     }
 
 

@@ -1,6 +1,10 @@
-"""Turn a sampling run directory into report.md, report.json and PNG plots.
+"""Turn a sampling run into report.md, report.json and PNG plots, stored in the run.
 
     python jobs/report.py --run outputs/perov5_csp
+    python jobs/report.py --run s3://my-bucket/campaign1
+
+A run on object storage is read from there; the plots are drawn into a local temporary
+directory and uploaded next to report.md.
 
 Plots: energy above hull histogram, element frequency, space-group distribution (spglib via
 pymatgen, on struct-valid crystals), funnel counts per stage.
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,31 +23,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def load_rows(run: Path):
+def load_rows(run):
+    """All rows of the run (a crysray.storage.Storage), with the funnel's columns if filtered."""
+    from crysray.filter.campaign import filtered_units
 
-    funnel = run / "funnel"
-    if any(funnel.glob("unit-*.parquet")):
-        import pyarrow.parquet as pq
-
+    if filtered_units(run):
         from crysray.filter.campaign import funnel_table, with_uniqueness
 
         table = funnel_table(run)
-        unique_file = funnel / "unique.parquet"
-        if unique_file.exists():
-            decided = dict(
-                zip(
-                    *pq.read_table(unique_file, columns=["sample_id", "unique"])
-                    .to_pydict()
-                    .values()
-                )
-            )
+        unique_file = "funnel/unique.parquet"
+        if run.exists(unique_file):
+            decided = run.read_table(unique_file, columns=["sample_id", "unique"]).to_pydict()
+            decided = dict(zip(decided["sample_id"], decided["unique"]))
             table = with_uniqueness(
                 table, [bool(decided.get(i, False)) for i in table["sample_id"].to_pylist()]
             )
         return table
+    from crysray.sample.campaign import finished_units, unit_key
     from crysray.sample.schema import read_samples
 
-    return read_samples(sorted((run / "data").glob("unit-*.parquet")))
+    keys = [run.path(unit_key(u)) for u in finished_units(run)]
+    return read_samples(keys, filesystem=run.fs)
 
 
 def space_groups(table, limit: int) -> Counter:
@@ -92,7 +93,22 @@ def plot(out: Path, name: str, labels, values, title: str, xlabel: str, hist: bo
     return name
 
 
-def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
+def build_report(location: str | Path, spacegroup_limit: int = 2000) -> dict:
+    """Write report.json, report.md and the plots into the run (directory or URL)."""
+    from crysray.storage import Storage
+
+    run = Storage(location)
+    with tempfile.TemporaryDirectory(prefix="crysray-report-") as scratch:
+        report = draw_report(run, Path(scratch), spacegroup_limit)
+        for name in report["plots"]:  # drawn locally (matplotlib writes files), then stored
+            run.write_bytes(name, (Path(scratch) / name).read_bytes())
+    run.write_text("report.json", json.dumps(report, indent=1))
+    run.write_text("report.md", markdown(report))
+    return report
+
+
+def draw_report(run, plots_dir: Path, spacegroup_limit: int) -> dict:
+    """The report of ``run`` (a crysray.storage.Storage); its plots are drawn in plots_dir."""
     import numpy as np
 
     from crysray.filter.counts import funnel_counts
@@ -101,7 +117,7 @@ def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
     if table.num_rows == 0:
         raise ValueError(f"{run} holds no crystals")
     report = {
-        "run": str(run),
+        "run": run.location,
         "crystals": table.num_rows,
         "valid_fraction": float(np.mean(table["valid_structure"].to_pylist())),
         "elements": dict(element_counts(table).most_common()),
@@ -110,14 +126,14 @@ def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
     }
     plots = [
         plot(
-            run,
+            plots_dir,
             "elements.png",
             *zip(*list(report["elements"].items())[:40]),
             "Element frequency (top 40)",
             "element",
         ),
         plot(
-            run,
+            plots_dir,
             "spacegroups.png",
             *zip(*list(report["space_groups"].items())[:30]),
             "Space groups (valid crystals)",
@@ -129,7 +145,7 @@ def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
         stages = list(report["funnel"]["funnel"].items())
         plots.append(
             plot(
-                run,
+                plots_dir,
                 "funnel.png",
                 ["generated"] + [s for s, _ in stages],
                 [table.num_rows] + [c for _, c in stages],
@@ -142,7 +158,7 @@ def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
             report["e_above_hull_median"] = float(np.median(e))
             plots.append(
                 plot(
-                    run,
+                    plots_dir,
                     "e_above_hull.png",
                     None,
                     np.clip(e, -0.5, 2.0),
@@ -152,8 +168,6 @@ def build_report(run: Path, spacegroup_limit: int = 2000) -> dict:
                 )
             )
     report["plots"] = plots
-    (run / "report.json").write_text(json.dumps(report, indent=1))
-    (run / "report.md").write_text(markdown(report))
     return report
 
 
@@ -187,7 +201,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--run", required=True, help="run directory or URL (e.g. s3://bucket/prefix)")
     p.add_argument("--spacegroup-limit", type=int, default=2000, help="crystals analysed by spglib")
     args = p.parse_args(argv)
     try:
@@ -195,7 +209,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 2
-    print((args.run / "report.md").read_text())
+    print(markdown(report))
     return 0 if report else 1
 
 

@@ -61,3 +61,21 @@ def formulas_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("comp") / "formulas.txt"
     path.write_text("# perovskites and friends\nSrTiO3\nBaTiO3, my-bto\nCa2Ti2O6\nNaCl\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from s3_server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket on the test's S3 server, which the environment points crysray at."""
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return s3_server.new_bucket()

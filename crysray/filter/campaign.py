@@ -1,72 +1,71 @@
-"""The funnel over a sampling campaign directory, one work unit at a time (no Ray here).
+"""The funnel over a sampling campaign, one work unit at a time (no Ray here).
 
 For every ``data/unit-*.parquet`` written by a sampling run, ``FunnelUnitWorker`` writes
 ``funnel/unit-*.parquet``: the same rows with the per-row stages (structure, composition,
 novelty, relaxation, hull) added, atomically and named by unit, so reruns skip finished units
 exactly as sampling does. Uniqueness needs the whole run, so ``finalize_run`` decides it at the
 end, comparing crystals only inside groups of equal reduced formula (near-linear cost), and
-writes ``funnel/unique.parquet`` and ``funnel/summary.json``.
+writes ``funnel/unique.parquet`` and ``funnel/summary.json``. The run may be a local directory or
+an object-storage URL (crysray.storage); the funnel's files go next to the samples.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from crysray.atomic import atomic_path, write_text_atomic
 from crysray.filter.actor import StabilityFunnel
 from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import STAGES, bools, funnel_counts
 from crysray.filter.uniqueness import uniqueness
-from crysray.sample.campaign import DATA_DIR, RunDirectoryError, unit_path
+from crysray.sample.campaign import RunDirectoryError, finished_units, unit_key, unit_name, unit_of
 from crysray.sample.schema import read_samples, rows_to_structures
+from crysray.storage import Location, Storage, storage_of
 
 FUNNEL_DIR = "funnel"
 FUNNEL_MANIFEST = "manifest.json"
 PER_UNIT_STAGES = tuple(s for s in STAGES if s != "unique")
 
 
-def funnel_path(run_dir: Path, unit: int) -> Path:
-    return Path(run_dir) / FUNNEL_DIR / unit_path(run_dir, unit).name
+def funnel_key(unit: int) -> str:
+    return f"{FUNNEL_DIR}/{unit_name(unit)}"
 
 
-def open_funnel(run_dir: str | Path, config: FunnelConfig, hull: dict) -> None:
+def open_funnel(run_dir: Location, config: FunnelConfig, hull: dict) -> None:
     """Record the funnel settings and hull in ``funnel/manifest.json``; refuse other settings.
 
     Per-unit funnel files of one run must come from one configuration, or the run-wide
     counts would mix hulls; a rerun with the same settings resumes.
     """
-    path = Path(run_dir) / FUNNEL_DIR / FUNNEL_MANIFEST
-    if path.is_file():
-        saved = json.loads(path.read_text())["config"]
+    store = storage_of(run_dir)
+    key = f"{FUNNEL_DIR}/{FUNNEL_MANIFEST}"
+    if store.exists(key):
+        saved = json.loads(store.read_text(key))["config"]
         if saved != config.as_dict():
             changed = sorted(k for k in saved.keys() | config.as_dict().keys()
                              if saved.get(k) != config.as_dict().get(k))  # fmt: skip
             raise RunDirectoryError(
-                f"{run_dir} was filtered with other funnel settings ({', '.join(changed)}); "
+                f"{store} was filtered with other funnel settings ({', '.join(changed)}); "
                 "rerun with the same settings or filter a copy"
             )
         return
-    write_text_atomic(path, json.dumps({"config": config.as_dict(), "hull": hull}, indent=1))
+    store.write_text(key, json.dumps({"config": config.as_dict(), "hull": hull}, indent=1))
 
 
-def read_funnel_manifest(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / FUNNEL_DIR / FUNNEL_MANIFEST).read_text())
+def read_funnel_manifest(run_dir: Location) -> dict:
+    return json.loads(storage_of(run_dir).read_text(f"{FUNNEL_DIR}/{FUNNEL_MANIFEST}"))
 
 
 class FunnelUnitWorker:
     """One funnel replica (potential, hull reference, training set loaded once)."""
 
     def __init__(self, run_dir: str, config: dict, torch_threads: int | None = None):
-        self.run_dir = Path(run_dir)
-        (self.run_dir / FUNNEL_DIR).mkdir(exist_ok=True)
+        self.store = Storage(run_dir)
+        self.store.make_dir(FUNNEL_DIR)
         self.funnel = StabilityFunnel(
             FunnelConfig(**config), stages=PER_UNIT_STAGES, torch_threads=torch_threads
         )
@@ -77,33 +76,35 @@ class FunnelUnitWorker:
             self.run_unit(int(unit))
         return batch
 
-    def run_unit(self, unit: int) -> Path | None:
-        out = funnel_path(self.run_dir, unit)
-        if not unit_path(
-            self.run_dir, unit
-        ).exists():  # sampling gave this unit up: nothing to filter
+    def run_unit(self, unit: int) -> str | None:
+        """The unit's funnel file (its key), or None when sampling gave the unit up."""
+        out = funnel_key(unit)
+        if not self.store.exists(unit_key(unit)):  # sampling gave this unit up
             return None
-        if not out.exists():  # done by an earlier attempt
-            table = self.funnel(read_samples([unit_path(self.run_dir, unit)]))
-            with atomic_path(out) as tmp:
-                pq.write_table(table, tmp)
+        if not self.store.exists(out):  # else done by an earlier attempt
+            samples = read_samples([self.store.path(unit_key(unit))], filesystem=self.store.fs)
+            self.store.write_table(out, self.funnel(samples))
         return out
 
 
-def sampled_units(run_dir: str | Path) -> list[int]:
-    return sorted(
-        int(p.stem.split("-")[1]) for p in (Path(run_dir) / DATA_DIR).glob("unit-*.parquet")
-    )
+def sampled_units(run_dir: Location) -> list[int]:
+    return finished_units(run_dir)
 
 
-def pending_funnel_units(run_dir: str | Path) -> list[int]:
-    return [u for u in sampled_units(run_dir) if not funnel_path(Path(run_dir), u).exists()]
+def filtered_units(run_dir: Location) -> list[int]:
+    return [unit_of(n) for n in storage_of(run_dir).list_names(FUNNEL_DIR, "unit-", ".parquet")]
 
 
-def finalize_run(run_dir: str | Path) -> dict:
+def pending_funnel_units(run_dir: Location) -> list[int]:
+    store = storage_of(run_dir)
+    done = set(filtered_units(store))
+    return [u for u in sampled_units(store) if u not in done]
+
+
+def finalize_run(run_dir: Location) -> dict:
     """Run-wide uniqueness, S.U.N. and counts over the finished per-unit funnel files."""
-    run_dir = Path(run_dir)
-    table = funnel_table(run_dir)
+    store = storage_of(run_dir)
+    table = funnel_table(store)
     unique, duplicate_of = run_uniqueness(table)
     decided = pa.table(
         {
@@ -112,18 +113,17 @@ def finalize_run(run_dir: str | Path) -> dict:
             "duplicate_of": pa.array(duplicate_of, pa.string()),
         }
     )
-    with atomic_path(run_dir / FUNNEL_DIR / "unique.parquet") as tmp:
-        pq.write_table(decided, tmp)
+    store.write_table(f"{FUNNEL_DIR}/unique.parquet", decided)
     full = with_uniqueness(table, unique)
     counts = funnel_counts(full)
-    write_text_atomic(run_dir / FUNNEL_DIR / "summary.json", json.dumps(counts, indent=1))
+    store.write_text(f"{FUNNEL_DIR}/summary.json", json.dumps(counts, indent=1))
     return counts
 
 
-def funnel_table(run_dir: str | Path) -> pa.Table:
+def funnel_table(run_dir: Location) -> pa.Table:
     """All per-unit funnel rows of a run (without the run-wide uniqueness columns)."""
-    files = sorted((Path(run_dir) / FUNNEL_DIR).glob("unit-*.parquet"))
-    return ds.dataset([str(f) for f in files], format="parquet").to_table()
+    store = storage_of(run_dir)
+    return store.dataset([funnel_key(u) for u in filtered_units(store)]).to_table()
 
 
 def with_uniqueness(table: pa.Table, unique) -> pa.Table:

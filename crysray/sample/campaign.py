@@ -1,11 +1,12 @@
-"""A sampling campaign on disk: work units, manifest, exactly-once unit files (no Ray here).
+"""A sampling campaign in storage: work units, manifest, exactly-once unit files (no Ray here).
 
-Layout of an output directory::
+Layout of an output location (a local directory or an object-storage prefix, crysray.storage)::
 
     manifest.json              what this run is (checkpoint hash, inputs, steps, sampler and
                                its options, seed, unit size),
                                plus ``failed_units`` (unit -> error) when some gave up
-    data/unit-00000042.parquet one file per finished work unit, written atomically
+    data/unit-00000042.parquet one file per finished work unit, written atomically (an
+                               object appears complete, or not at all)
     attempts/unit-00000042.json  attempts of a unit not finished yet, and its last error
 
 A unit that fails MAX_UNIT_ATTEMPTS times, by an exception or by killing its replica (e.g. out
@@ -25,16 +26,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from crysray.atomic import atomic_path, write_text_atomic
 from crysray.sample.sampler import CrystalSampler
 from crysray.sample.schema import SCHEMA
 from crysray.sample.targets import Targets
+from crysray.storage import Location, Storage, storage_of
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
@@ -75,19 +74,28 @@ class CampaignSpec:
         return start, min(start + self.unit_size, self.num_samples)
 
 
-def unit_path(out_dir: Path, unit: int) -> Path:
-    return Path(out_dir) / DATA_DIR / f"unit-{unit:08d}.parquet"
+def unit_name(unit: int) -> str:
+    return f"unit-{unit:08d}.parquet"
 
 
-def open_run(out_dir: str | Path, spec: CampaignSpec) -> list[int]:
+def unit_key(unit: int) -> str:
+    return f"{DATA_DIR}/{unit_name(unit)}"
+
+
+def unit_of(name: str) -> int:
+    """The unit number of a ``unit-XXXXXXXX.<ext>`` file name."""
+    return int(name.split(".")[0].split("-")[1])
+
+
+def open_run(out_dir: Location, spec: CampaignSpec) -> list[int]:
     """Create or resume a run; returns the units still to do.
 
-    Refuses (RunDirectoryError, nothing touched) a directory holding another run or other files.
+    Refuses (RunDirectoryError, nothing touched) a location holding another run or other files.
     """
-    out_dir = Path(out_dir)
-    manifest = out_dir / MANIFEST
-    if manifest.exists():
-        saved = json.loads(manifest.read_text())
+    store = storage_of(out_dir)
+    out_dir = store.display()
+    if store.exists(MANIFEST):
+        saved = json.loads(store.read_text(MANIFEST))
         saved.pop("failed_units", None)
         # fields added since a run was written take their defaults, so old runs still resume
         defaults = {
@@ -104,61 +112,67 @@ def open_run(out_dir: str | Path, spec: CampaignSpec) -> list[int]:
                 f"{out_dir} holds another run's files (differs in: {', '.join(diff)}); "
                 "choose a new output directory"
             )
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    elif not store.is_empty():
         raise RunDirectoryError(
             f"{out_dir} is not empty and is not a crysray sampling run; "
             "choose a new output directory"
         )
     else:
-        (out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(manifest, json.dumps(asdict(spec), indent=1))
-    done = set(finished_units(out_dir))
+        store.make_dir(DATA_DIR)
+        store.write_text(MANIFEST, json.dumps(asdict(spec), indent=1))
+    done = set(finished_units(store))
     return [u for u in range(spec.num_units) if u not in done]
 
 
-def attempts_path(out_dir: Path, unit: int) -> Path:
-    return Path(out_dir) / ATTEMPTS_DIR / f"unit-{unit:08d}.json"
+def attempts_key(unit: int) -> str:
+    return f"{ATTEMPTS_DIR}/unit-{unit:08d}.json"
 
 
-def read_attempts(out_dir: Path, unit: int) -> dict:
-    path = attempts_path(out_dir, unit)
-    return json.loads(path.read_text()) if path.is_file() else {"attempts": 0, "error": None}
+def read_attempts(out_dir: Location, unit: int) -> dict:
+    store = storage_of(out_dir)
+    if not store.exists(attempts_key(unit)):
+        return {"attempts": 0, "error": None}
+    return json.loads(store.read_text(attempts_key(unit)))
 
 
-def failed_units(out_dir: str | Path) -> dict[int, str]:
+def failed_units(out_dir: Location) -> dict[int, str]:
     """Units given up after MAX_UNIT_ATTEMPTS (and not finished since) -> last error."""
+    store = storage_of(out_dir)
+    finished = set(finished_units(store))
     out = {}
-    for path in sorted((Path(out_dir) / ATTEMPTS_DIR).glob("unit-*.json")):
-        unit = int(path.stem.split("-")[1])
-        record = json.loads(path.read_text())
-        if record["attempts"] >= MAX_UNIT_ATTEMPTS and not unit_path(out_dir, unit).exists():
+    for name in store.list_names(ATTEMPTS_DIR, "unit-", ".json"):
+        unit = unit_of(name)
+        record = json.loads(store.read_text(f"{ATTEMPTS_DIR}/{name}"))
+        if record["attempts"] >= MAX_UNIT_ATTEMPTS and unit not in finished:
             out[unit] = record["error"]
     return out
 
 
-def record_failures(out_dir: str | Path) -> dict[int, str]:
+def record_failures(out_dir: Location) -> dict[int, str]:
     """Write the given-up units into the manifest (replacing an earlier list); return them."""
-    manifest = Path(out_dir) / MANIFEST
-    saved = json.loads(manifest.read_text())
-    failed = failed_units(out_dir)
+    store = storage_of(out_dir)
+    text = store.read_text(MANIFEST)
+    saved = json.loads(text)
+    failed = failed_units(store)
     saved.pop("failed_units", None)
     if failed:
         saved["failed_units"] = {str(u): e for u, e in failed.items()}
-    write_text_atomic(manifest, json.dumps(saved, indent=1))
+    if json.dumps(saved, indent=1) != text:  # a finished rerun leaves the manifest untouched
+        store.write_text(MANIFEST, json.dumps(saved, indent=1))
     return failed
 
 
-def finished_units(out_dir: str | Path) -> list[int]:
-    files = (Path(out_dir) / DATA_DIR).glob("unit-*.parquet")
-    return sorted(int(p.stem.split("-")[1]) for p in files)
+def finished_units(out_dir: Location) -> list[int]:
+    """Units whose file exists: on object storage, one listing of the prefix."""
+    return [unit_of(n) for n in storage_of(out_dir).list_names(DATA_DIR, "unit-", ".parquet")]
 
 
-def write_unit(out_dir: Path, unit: int, table: pa.Table, metadata: dict[bytes, bytes]) -> None:
+def write_unit(store: Storage, unit: int, table: pa.Table, metadata: dict[bytes, bytes]) -> None:
     """Atomic: readers and resumes only ever see complete unit files."""
-    with atomic_path(unit_path(out_dir, unit)) as tmp:
-        pq.write_table(
-            table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp
-        )
+    store.write_table(
+        unit_key(unit),
+        table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}),
+    )
 
 
 class CampaignWorker:
@@ -180,7 +194,7 @@ class CampaignWorker:
         self.spec = CampaignSpec(**spec)
         if targets.kind != self.spec.targets or targets.digest() != self.spec.compositions_digest:
             raise ValueError("the campaign's targets do not match its manifest")
-        self.out_dir = Path(out_dir)
+        self.store = Storage(out_dir)
         self.targets = targets
         self.sampler = CrystalSampler(
             checkpoint,
@@ -203,17 +217,16 @@ class CampaignWorker:
 
     def run_unit(self, unit: int) -> dict:
         start_time = time.perf_counter()
-        path = unit_path(self.out_dir, unit)
-        if path.exists():  # finished by an earlier attempt of this unit
-            flags = pq.read_table(path, columns=["valid_structure"]).column(0)
+        if self.store.exists(unit_key(unit)):  # finished by an earlier attempt of this unit
+            flags = self.store.read_table(unit_key(unit), columns=["valid_structure"]).column(0)
             valid = int(pa.compute.sum(flags).as_py() or 0)
             return {"unit": unit, "rows": len(flags), "valid": valid,
                     "seconds": 0.0, "failed": False}  # fmt: skip
         table = self._sample_with_attempts(unit)
         if table is None:
             return {"unit": unit, "rows": 0, "valid": 0, "seconds": 0.0, "failed": True}
-        write_unit(self.out_dir, unit, table, self.metadata)
-        attempts_path(self.out_dir, unit).unlink(missing_ok=True)
+        write_unit(self.store, unit, table, self.metadata)
+        self.store.delete(attempts_key(unit))
         valid = int(np.sum(table.column("valid_structure").to_numpy(zero_copy_only=False)))
         return {"unit": unit, "rows": table.num_rows, "valid": valid,
                 "seconds": time.perf_counter() - start_time, "failed": False}  # fmt: skip
@@ -227,12 +240,12 @@ class CampaignWorker:
         """
         start, stop = self.spec.unit_range(unit)
         targets = self.targets.for_unit(start, stop, self.spec.seed, unit)
-        path = attempts_path(self.out_dir, unit)
-        while (attempt := read_attempts(self.out_dir, unit)["attempts"] + 1) <= MAX_UNIT_ATTEMPTS:
-            write_text_atomic(path, json.dumps({"attempts": attempt, "error": DIED}))
+        key = attempts_key(unit)
+        while (attempt := read_attempts(self.store, unit)["attempts"] + 1) <= MAX_UNIT_ATTEMPTS:
+            self.store.write_text(key, json.dumps({"attempts": attempt, "error": DIED}))
             try:
                 return self.sampler.sample_unit(unit, self.spec.seed, targets, first_index=start)
             except Exception as err:  # noqa: BLE001 - recorded, then retried or given up
                 error = f"{type(err).__name__}: {err}"[:500]
-                write_text_atomic(path, json.dumps({"attempts": attempt, "error": error}))
+                self.store.write_text(key, json.dumps({"attempts": attempt, "error": error}))
         return None

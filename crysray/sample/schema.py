@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from pymatgen.core import Composition, Lattice, Structure
 
 from crysray.eval.validity import structure_validity
+from crysray.storage import locate_files
 from crysray.types import CrystalBatch
 
 SCHEMA_VERSION = 2
@@ -162,9 +163,14 @@ def upgrade(table: pa.Table) -> pa.Table:
     )
 
 
-def read_samples(paths, columns: list[str] | None = None) -> pa.Table:
-    """Generated rows from Parquet files of any schema version, as one current-version table."""
-    tables = [upgrade(pq.read_table(p)) for p in paths]
+def read_samples(paths, columns: list[str] | None = None, filesystem=None) -> pa.Table:
+    """Generated rows from Parquet files of any schema version, as one current-version table.
+
+    ``paths`` are local paths or URLs (``s3://bucket/run/data/unit-00000000.parquet``, see
+    crysray.storage), or paths on ``filesystem`` (a pyarrow.fs.FileSystem) when it is given.
+    """
+    located = [(filesystem, p) for p in paths] if filesystem else locate_files(paths)
+    tables = [upgrade(pq.read_table(path, filesystem=fs)) for fs, path in located]
     if not tables:
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
     table = pa.concat_tables(tables, promote_options="permissive")
@@ -178,8 +184,14 @@ def _count(z: np.ndarray) -> dict[int, int]:
     return {Element.from_Z(int(v)).symbol: int(c) for v, c in zip(values, counts)}
 
 
-def rows_to_structures(table: pa.Table) -> list[Structure | None]:
-    """One pymatgen Structure per row (None for a row whose lattice cannot be built)."""
+def rows_to_structures(table) -> list[Structure | None]:
+    """One pymatgen Structure per row (None for a row whose lattice cannot be built).
+
+    ``table`` is a table of generated rows, or the Parquet files to read them from (local
+    paths or URLs, as ``read_samples`` takes).
+    """
+    if not isinstance(table, pa.Table):
+        table = read_samples(table, columns=["atomic_numbers", "frac_coords", "lattice"])
     out = []
     for row in table.select(["atomic_numbers", "frac_coords", "lattice"]).to_pylist():
         lattice = np.asarray(row["lattice"]).reshape(3, 3)
