@@ -22,6 +22,8 @@ def test_cluster_yaml_validates_against_ray_schema():
     assert workers["resources"]["GPU"] >= 1 and workers["min_workers"] == 0  # autoscaling GPU group
     assert "GPU" not in config["available_node_types"]["head"]["resources"]
     assert any("pip install" in c and "crysray" in c for c in config["setup_commands"])
+    # campaigns go to S3 and replicas write their units themselves: workers need a role
+    assert ":instance-profile/" in workers["node_config"]["IamInstanceProfile"]["Arn"]
 
 
 def test_schema_rejects_a_broken_config():
