@@ -6,7 +6,9 @@ All comparisons run side by side in this one invocation (the machine is noisy):
                (CampaignWorker, same N, batch, threads, unit files) in a plain loop;
 2. scaling   - two single-threaded replicas vs one;
 3. memory    - peak RSS of the whole process tree at 10x the samples;
-4. driver    - the driver's CPU seconds per work unit (what bounds a 64-GPU cluster);
+4. driver    - the driver's CPU per work unit (what bounds a 64-GPU cluster): in the sampling
+               runs, and at thousands of units with one Ray task per unit vs the default
+               grouping of units into tasks;
 5. training  - two single-threaded Ray Train workers vs one (crystals/s, same per-worker batch).
 
     python benchmarks/bench_ray.py
@@ -43,20 +45,22 @@ def tree_rss(proc: psutil.Process) -> int:
 
 
 def run_measured(cmd: list[str]) -> dict:
-    """Run a command; wall time, peak RSS of its process tree, the driver's own CPU time."""
+    """Run a command; wall time, peak RSS of its process tree, the driver's own CPU time and
+    peak RSS."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     ps = psutil.Process(proc.pid)
-    peak, cpu = 0, 0.0
+    peak, cpu, driver_peak = 0, 0.0, 0
     done = threading.Event()
 
     def watch():
-        nonlocal peak, cpu
+        nonlocal peak, cpu, driver_peak
         while not done.is_set():
             try:
                 peak = max(peak, tree_rss(ps))
+                driver_peak = max(driver_peak, ps.memory_info().rss)
                 cpu = sum(ps.cpu_times()[:2])
             except psutil.Error:
                 pass
@@ -73,11 +77,14 @@ def run_measured(cmd: list[str]) -> dict:
         "wall_seconds": time.perf_counter() - start,
         "peak_rss_mb": peak / 2**20,
         "driver_cpu_seconds": cpu,
+        "driver_peak_rss_mb": driver_peak / 2**20,
         "stdout": out,
     }
 
 
-def mass_sample(out: Path, samples: int, replicas: int, steps: int, unit: int, batch: int) -> dict:
+def mass_sample(
+    out: Path, samples: int, replicas: int, steps: int, unit: int, batch: int, *extra: str
+) -> dict:
     cmd = [
         PY,
         "jobs/mass_sample.py",
@@ -97,6 +104,7 @@ def mass_sample(out: Path, samples: int, replicas: int, steps: int, unit: int, b
         "1",
         "--out",
         str(out),
+        *extra,
     ]
     result = run_measured(cmd)
     line = next(x for x in result["stdout"].splitlines() if x.startswith("generated now"))
@@ -155,6 +163,33 @@ def plain_loop(out: Path, samples: int, steps: int, unit: int, batch: int) -> di
     }
 
 
+def driver_cost(tmp: Path, unit_counts: list[int]) -> dict:
+    """The driver's CPU seconds per work unit, one Ray task per unit vs the default grouping.
+
+    Units of one crystal at N = 1 make the replicas' work negligible, so the driver is what is
+    measured; the cost per unit is the difference between a small and a large run divided by
+    the extra units, which removes the driver's start-up.
+    """
+    out = {}
+    for label, extra in (("one_task_per_unit", ["--units-per-task", "1"]), ("default", [])):
+        runs = [
+            mass_sample(tmp / f"driver-{label}-{n}", n, 2, 1, 1, 1, *extra) for n in unit_counts
+        ]
+        extra_units = unit_counts[1] - unit_counts[0]
+        out[label] = {
+            "runs": {str(n): r for n, r in zip(unit_counts, runs)},
+            "driver_cpu_ms_per_unit": 1000
+            * (runs[1]["driver_cpu_seconds"] - runs[0]["driver_cpu_seconds"])
+            / extra_units,
+            "driver_peak_rss_mb": [r["driver_peak_rss_mb"] for r in runs],
+        }
+    out["ratio"] = (
+        out["one_task_per_unit"]["driver_cpu_ms_per_unit"]
+        / out["default"]["driver_cpu_ms_per_unit"]
+    )
+    return out
+
+
 def train_throughput(workers: int, per_worker_batch: int, steps: int, tmp: Path) -> dict:
     cmd = [
         PY,
@@ -194,7 +229,12 @@ def main() -> int:
         "--memory-steps", type=int, default=1, help="N for the memory runs (cost, not quality)"
     )
     p.add_argument("--train-steps", type=int, default=60)
-    p.add_argument("--skip", nargs="*", default=[], choices=["sampling", "memory", "training"])
+    p.add_argument(
+        "--driver-units", type=int, nargs=2, default=[300, 3000], help="units of the driver runs"
+    )
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["sampling", "memory", "driver", "training"]
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ray.json")
     args = p.parse_args()
     record = {
@@ -232,6 +272,9 @@ def main() -> int:
             "large_over_small": large["peak_rss_mb"] / small["peak_rss_mb"],
         }
         print(json.dumps(record["memory"], indent=1), flush=True)
+    if "driver" not in args.skip:
+        record["driver"] = driver_cost(tmp, args.driver_units)
+        print(json.dumps(record["driver"], indent=1), flush=True)
     if "training" not in args.skip:
         t1 = train_throughput(1, 128, args.train_steps, tmp)
         t2 = train_throughput(2, 128, args.train_steps, tmp)

@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout or a `ray job submit --working-dir .`
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "crysbfn_perov5.pt"
+# enough tasks per replica that the last ones end close together (short tail), few enough
+# that the driver's per-task cost stays small next to the replicas' work
+TASKS_PER_REPLICA = 8
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,6 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--replicas", type=int, default=1, help="model replicas (Ray actors)")
     p.add_argument(
+        "--units-per-task",
+        type=int,
+        default=None,
+        help="work units a replica takes in one Ray task (default: about "
+        f"{TASKS_PER_REPLICA} tasks per replica; 1 = one task per unit)",
+    )
+    p.add_argument(
         "--cpus-per-replica",
         type=float,
         default=None,
@@ -134,6 +144,7 @@ def validate(args) -> None:
         "batch_size",
         "unit_size",
         "replicas",
+        "units_per_task",
         "max_atoms",
         "num_atoms",
     )
@@ -290,7 +301,9 @@ def run(args) -> dict:
         # work units as rows, retries of failed actors/tasks by Ray. Each replica writes its
         # unit file itself, named by unit, so resume is a file listing and rows never pass
         # through the driver (write_parquet would name files by uuid and lose that).
-        units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
+        units = ray.data.from_items(
+            [{"unit": u} for u in todo], override_num_blocks=num_tasks(args, len(todo))
+        )
         summaries = units.map_batches(
             CampaignWorker,
             batch_size=1,
@@ -342,6 +355,14 @@ def run(args) -> dict:
         "failed_units": failed,
         "skipped_compositions": args.skipped_compositions,
     }
+
+
+def num_tasks(args, units: int) -> int:
+    """Ray tasks the units are spread over. The driver's CPU cost is per task, not per unit,
+    so thousands of units go in a few tasks per replica; a task that dies is redone, and its
+    units that were already written are skipped, so larger tasks cost nothing on retry."""
+    per_task = args.units_per_task or max(1, units // (args.replicas * TASKS_PER_REPLICA))
+    return -(-units // per_task)
 
 
 def steady_rate(arrivals: list[tuple[float, int]]) -> float:
