@@ -122,13 +122,13 @@ def _spread(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts, lengths) + np.arange(total) - first
 
 
-def publish(converted: ConvertedCompositions, run: Location) -> StoredCompositions:
-    """Put the converted file into the run (unless an identical one is there already, as on a
+def publish(local: StoredCompositions, run: Location) -> StoredCompositions:
+    """Put a converted list into the run (unless an identical one is there already, as on a
     resume) and return the targets that read it there."""
     store = storage_of(run)
-    if stored_digest(store) != converted.digest:
-        store.write_file(STORE_KEY, converted.path)
-    return StoredCompositions(store.location, converted.count, converted.digest)
+    if stored_digest(store) != local.digest():
+        store.write_file(STORE_KEY, Path(local.location) / local.key)
+    return StoredCompositions(store.location, local.count, local.digest())
 
 
 def stored_digest(store: Storage) -> str | None:
