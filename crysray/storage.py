@@ -18,6 +18,7 @@ object.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -106,6 +107,20 @@ class Storage:
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
         self.write_bytes(key, buffer.getvalue().to_pybytes())
+
+    def write_file(self, key: str, local_path: str | os.PathLike) -> None:
+        """Copy a local file to ``key``, streamed (it may be larger than memory).
+
+        Local: written next to ``key`` and renamed. Object storage: a multipart upload, visible
+        once complete; an upload cut short by a failure may leave a truncated object, so readers
+        of large files check them (e.g. a Parquet footer) rather than trust their presence.
+        """
+        if self.is_local:
+            with atomic_path(self.path(key)) as tmp:
+                shutil.copyfile(local_path, tmp)
+            return
+        with open(local_path, "rb") as source, self.fs.open_output_stream(self.path(key)) as out:
+            shutil.copyfileobj(source, out, length=8 << 20)
 
     def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path(key), columns=columns, filesystem=self.fs)

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--compositions",
         type=Path,
         default=None,
-        help="text file of cell formulas (one per line) or a CDVAE CSV split; "
-        "default: the Perov-5 test split",
+        help="text file of cell formulas (one per line), a Parquet file (column formula, "
+        "optional id) or a CDVAE CSV split; default: the Perov-5 test split",
     )
     p.add_argument(
         "--max-atoms",
@@ -170,22 +171,42 @@ def sampler_record(args, model_config) -> tuple[int, dict]:
 def plan(args, config: dict, funnel_config=None):
     """Everything checked before Ray starts: bad input fails fast with one line.
 
-    With the funnel, its hull is prepared for the compositions' chemical systems before the
-    run directory is created, so a missing key or cache leaves nothing behind.
+    A composition file is checked and converted on local scratch space first; it joins the
+    run (compositions.parquet) only once the run directory is accepted. With the funnel, its
+    hull is prepared for the compositions' chemical systems before the run directory is
+    created, so a missing key or cache leaves nothing behind.
     """
-    from crysray.sample.campaign import CampaignSpec, open_run
-    from crysray.train.checkpoint import checkpoint_hash
+    from crysray.sample.campaign import open_run
+    from crysray.sample.composition_store import publish
 
     task = args.task or config["method"]["task"]
     if config["method"]["task"] != task:
         raise ValueError(f"{args.checkpoint} is a {config['method']['task']} model, not {task}")
-    targets = dng_targets(args, config) if task == "dng" else csp_targets(args, config)
+    with tempfile.TemporaryDirectory(prefix="crysray-compositions-") as scratch:
+        targets = dng_targets(args, config) if task == "dng" else csp_targets(args, config, scratch)
+        spec = campaign_spec(args, config, task, targets)
+        hull = prepare_funnel_hull(args, funnel_config, task, targets)
+        todo = open_run(args.store, spec)
+        if task == "csp":
+            targets = publish(targets, args.store)
+    if funnel_config is None:
+        return spec, targets, todo
+    from crysray.filter.campaign import open_funnel, pending_funnel_units
+
+    open_funnel(args.store, funnel_config, hull)
+    return spec, targets, sorted(set(todo) | set(pending_funnel_units(args.store)))
+
+
+def campaign_spec(args, config: dict, task: str, targets):
+    from crysray.sample.campaign import CampaignSpec
+    from crysray.train.checkpoint import checkpoint_hash
+
     steps, sampler_options = sampler_record(args, config)
-    spec = CampaignSpec(
+    return CampaignSpec(
         task=task,
         checkpoint_hash=checkpoint_hash(args.checkpoint),
         compositions_digest=targets.digest(),
-        num_samples=args.num_samples or len(targets.compositions),
+        num_samples=args.num_samples or targets.count,
         steps=steps,
         seed=args.seed,
         unit_size=args.unit_size,
@@ -195,9 +216,16 @@ def plan(args, config: dict, funnel_config=None):
         targets=targets.kind,
         sampler_options=sampler_options,
     )
+
+
+def prepare_funnel_hull(args, funnel_config, task: str, targets):
+    """The funnel's hull for the compositions' chemical systems (None without the funnel).
+
+    Holds one reduced formula per distinct composition: for lists of tens of millions of
+    distinct formulas, prefer --hull local or the funnel job after sampling.
+    """
     if funnel_config is None:
-        return spec, targets, open_run(args.store, spec)
-    from crysray.filter.campaign import open_funnel, pending_funnel_units
+        return None
     from crysray.filter.composition import composition_of
     from crysray.filter.hulls import prepare_hull
 
@@ -209,29 +237,28 @@ def plan(args, config: dict, funnel_config=None):
     formulas = {
         composition_of(c.atomic_numbers).reduced_formula for c in targets.known_compositions()
     }
-    hull = prepare_hull(funnel_config, formulas, args.mp_api_key)
-    todo = open_run(args.store, spec)
-    open_funnel(args.store, funnel_config, hull)
-    return spec, targets, sorted(set(todo) | set(pending_funnel_units(args.store)))
+    return prepare_hull(funnel_config, formulas, args.mp_api_key)
 
 
-def csp_targets(args, config: dict):
+def csp_targets(args, config: dict, scratch: str):
+    """The checked composition list, converted to Parquet in ``scratch`` (streamed: any size)."""
     from crysray.data.csv import dataset_path
-    from crysray.sample.compositions import DEFAULT_MAX_ATOMS, CompositionLimits, read_targets
-    from crysray.sample.targets import CompositionTargets
+    from crysray.sample.composition_store import STORE_KEY, StoredCompositions, convert_compositions
+    from crysray.sample.compositions import DEFAULT_MAX_ATOMS, CompositionLimits
 
     if args.num_atoms:
         raise ValueError("--num-atoms is for --task dng; CSP cells follow --compositions")
     limits = CompositionLimits(
         args.max_atoms or DEFAULT_MAX_ATOMS, config["net"]["max_atomic_number"]
     )
-    compositions, skipped = read_targets(
+    converted = convert_compositions(
         args.compositions or dataset_path(config["data"]["dataset"], "test"),
+        Path(scratch) / STORE_KEY,
         limits,
         args.skip_invalid_compositions,
     )
-    args.skipped_compositions = sum(skipped.values())
-    return CompositionTargets(compositions)
+    args.skipped_compositions = sum(converted.skipped.values())
+    return StoredCompositions(scratch, converted.count, converted.digest)
 
 
 def dng_targets(args, config: dict):

@@ -91,6 +91,26 @@ def test_two_replicas_write_exactly_n_unique_rows(tiny_checkpoint, formulas_file
     assert sorted(first) == sorted(["SrTiO3", "BaTiO3", "CaTiO3", "NaCl"])
     assert set(table.column("steps").to_pylist()) == {10}
     assert "rows in dataset   250" in result.stdout
+    # the replicas read their compositions from the run's own copy of the list
+    stored = pq.read_table(out / "compositions.parquet")
+    assert stored.column("source_id").to_pylist() == ["SrTiO3", "my-bto", "Ca2Ti2O6", "NaCl"]
+
+
+@pytest.mark.slow
+def test_a_parquet_composition_file_cycles_in_row_order(tiny_checkpoint, tmp_path):
+    import pyarrow as pa
+
+    formulas = tmp_path / "formulas.parquet"
+    pq.write_table(pa.table({"formula": ["NaCl", "SrTiO3", "KBr"], "id": ["a", "b", "c"]}),
+                   formulas, row_group_size=2)  # fmt: skip
+    out = tmp_path / "run"
+    result = run_job("--checkpoint", tiny_checkpoint, "--compositions", formulas,
+                     "--num-samples", 20, "--unit-size", 6, "--steps", 3, "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_exactly(out, 20)
+    rows = read_rows(out).to_pydict()
+    by_index = {int(i.split("-")[-1]): s for i, s in zip(rows["sample_id"], rows["source_id"])}
+    assert [by_index[k] for k in range(20)] == ["a", "b", "c"] * 6 + ["a", "b"]
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,12 +1,15 @@
-"""CSP targets from a dataset split (CSV with ``cif``) or a text file of formulas."""
+"""CSP targets from a dataset split (CSV with ``cif``), or a text or Parquet file of formulas."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pymatgen.core import Composition as PmgComposition
 from pymatgen.core import Element
 
@@ -40,9 +43,32 @@ def read_targets(
 
     A bad target raises ValueError naming its line (or material id); with ``skip_invalid``
     it is skipped instead and counted by reason. Returns (targets, skip reasons -> counts).
+    Holds every target in memory; crysray.sample.composition_store streams instead.
+    """
+    skipped = Counter()
+    out = [c for chunk in checked_chunks(path, limits, skip_invalid, skipped) for c in chunk]
+    if not out:
+        raise ValueError(
+            f"composition file {path} holds no usable formulas ({sum(skipped.values())} skipped)"
+        )
+    return out, skipped
+
+
+def checked_chunks(
+    path: str | Path,
+    limits: CompositionLimits | None = None,
+    skip_invalid: bool = False,
+    skipped: Counter | None = None,
+    chunk_size: int = 65536,
+) -> Iterator[list[Composition]]:
+    """The targets of ``path`` in file order, checked, in lists of at most ``chunk_size``.
+
+    Streams: a text or Parquet file is read a chunk at a time. Skipped targets (with
+    ``skip_invalid``) are counted by reason into ``skipped``.
     """
     limits = limits or CompositionLimits()
-    out, skipped = [], Counter()
+    skipped = Counter() if skipped is None else skipped
+    chunk = []
     for where, make in _target_makers(Path(path)):
         try:
             target = make()
@@ -52,35 +78,74 @@ def read_targets(
                 raise
             skipped[str(err).split(": ", 1)[-1].split(" (")[0]] += 1
             continue
-        out.append(target)
-    if not out:
-        raise ValueError(
-            f"composition file {path} holds no usable formulas ({sum(skipped.values())} skipped)"
-        )
-    return out, skipped
+        chunk.append(target)
+        if len(chunk) == chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
-def _target_makers(path: Path):
-    """(where, () -> Composition) per target of a composition file or CSV split."""
+def _target_makers(path: Path) -> Iterator[tuple[str, Callable[[], Composition]]]:
+    """(where, () -> Composition) per target of a composition file or CSV split, lazily."""
     if not path.is_file():
         raise FileNotFoundError(f"composition file not found: {path}")
     if path.name.endswith((".csv", ".csv.gz")):
-        return [
-            (f"{path}: {c.source_id}", lambda c=c: c) for c in table_compositions(load_split(path))
-        ]
+        for c in table_compositions(load_split(path)):
+            yield f"{path}: {c.source_id}", lambda c=c: c
+        return
+    if path.name.endswith(".parquet"):
+        yield from _parquet_makers(path)
+        return
     try:
-        lines = path.read_text().splitlines()
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                text = line.split("#", 1)[0].strip()
+                if text:
+                    formula, _, source_id = (part.strip() for part in text.partition(","))
+                    where = f"{path}:{number}"
+                    yield where, _formula_maker(formula, source_id, where)
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read composition file {path}: {err}") from None
-    makers = []
-    for number, line in enumerate(lines, start=1):
-        text = line.split("#", 1)[0].strip()
-        if text:
-            formula, _, source_id = (part.strip() for part in text.partition(","))
-            where = f"{path}:{number}"
-            makers.append((where, lambda f=formula, i=source_id, w=where:
-                           Composition(i or f, formula_atoms(f, w))))  # fmt: skip
-    return makers
+
+
+def _parquet_makers(path: Path) -> Iterator[tuple[str, Callable[[], Composition]]]:
+    """Rows of a Parquet file with a ``formula`` (or ``atomic_numbers``) column and an optional
+    ``id``; row n (from 1) is named ``path:n``. Read a row group at a time."""
+    try:
+        source = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as err:
+        raise ValueError(f"cannot read composition file {path}: {err}") from None
+    names = set(source.schema_arrow.names)
+    column = "formula" if "formula" in names else "atomic_numbers"
+    if column not in names:
+        raise ValueError(f"composition file {path} has no 'formula' or 'atomic_numbers' column")
+    columns = [column] + (["id"] if "id" in names else [])
+    number = 0
+    for batch in source.iter_batches(batch_size=65536, columns=columns):
+        values = batch.column(column).to_pylist()
+        ids = batch.column("id").to_pylist() if "id" in names else [None] * len(values)
+        for value, source_id in zip(values, ids):
+            number += 1
+            yield f"{path}:{number}", _parquet_maker(value, source_id, f"{path}:{number}")
+
+
+def _parquet_maker(value, source_id: str | None, where: str) -> Callable[[], Composition]:
+    source_id = None if source_id is None else str(source_id)
+    if isinstance(value, str):
+        return _formula_maker(value, source_id, where)
+    atoms = np.asarray(value or [], dtype=np.int64)
+
+    def make() -> Composition:
+        if len(atoms) == 0 or int(atoms.min()) < 1:
+            raise ValueError(f"{where}: atomic numbers must be >= 1, got {atoms.tolist()}")
+        return Composition(source_id or _formula_of(atoms), atoms)
+
+    return make
+
+
+def _formula_maker(formula: str, source_id: str | None, where: str) -> Callable[[], Composition]:
+    return lambda: Composition(source_id or formula, formula_atoms(formula, where))
 
 
 def read_compositions(path: str | Path) -> list[Composition]:
@@ -92,6 +157,15 @@ def read_compositions(path: str | Path) -> list[Composition]:
       an optional id after a comma (``SrTiO3,my-id``); blank lines and ``#`` comments skipped.
     """
     return read_targets(path, CompositionLimits(max_atoms=10**9))[0]
+
+
+def _formula_of(atoms: np.ndarray) -> str:
+    """'SrTiO3' for [38, 22, 8, 8, 8]: elements in order of first appearance (not reduced)."""
+    symbols, first, counts = np.unique(atoms, return_index=True, return_counts=True)
+    return "".join(
+        Element.from_Z(int(symbols[i])).symbol + (str(counts[i]) if counts[i] > 1 else "")
+        for i in np.argsort(first)
+    )
 
 
 def formula_atoms(formula: str, where: str = "") -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,14 +28,18 @@ class Targets(ABC):
     def for_unit(self, start: int, stop: int, seed: int, unit: int) -> list[Composition]:
         """Specs of samples [start, stop) of work unit ``unit``."""
 
-    def known_compositions(self) -> list[Composition]:
-        """Compositions known before sampling (what a hull can be prepared for); none for DNG."""
+    def known_compositions(self) -> Iterable[Composition]:
+        """Compositions known before sampling (what a hull can be prepared for); none for DNG.
+
+        May be an iterator over a long list (crysray.sample.composition_store): iterate once.
+        """
         return []
 
 
 @dataclass(frozen=True)
 class CompositionTargets(Targets):
-    """CSP: sample k is composition k mod len(compositions)."""
+    """CSP: sample k is composition k mod len(compositions), all held in memory (campaigns
+    use crysray.sample.composition_store.StoredCompositions, with the same digest and rows)."""
 
     compositions: list[Composition]
     kind = "compositions"
