@@ -27,6 +27,10 @@ from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import merge_counts
 from crysray.storage import Storage, is_url
 
+# hash partitions of the formula shuffle: Ray Data's default, fewer for a run of fewer units
+# (each partition costs a task even when it holds nothing)
+MAX_FORMULA_PARTITIONS = 200
+
 
 def funnel_resources(cluster: dict, replicas: int, cpus=None, gpus=None) -> tuple[float, float]:
     """(CPUs, GPUs) per funnel actor: a GPU each when the cluster has GPUs; on a CPU-only
@@ -70,12 +74,11 @@ def decide_run_distributed(store: Storage) -> dict:
     """
     keys = [funnel_key(u) for u in filtered_units(store)]
     columns = uniqueness_columns(store.dataset(keys[:1]).schema)
-    rows = ray.data.read_parquet(
-        [store.path(k) for k in keys], filesystem=store.fs, columns=columns
-    )
+    paths = [store.path(k) for k in keys]
+    rows = ray.data.read_parquet(paths, filesystem=store.fs).select_columns(columns)
     decided = (
         rows.map_batches(candidate_rows, batch_format="pyarrow")
-        .groupby("formula")
+        .groupby("formula", num_partitions=min(len(keys), MAX_FORMULA_PARTITIONS))
         .map_groups(decide_formula_group, batch_format="pyarrow")
     ).union(rows.map_batches(undecided_rows, batch_format="pyarrow"))
     parts = decided.map_batches(

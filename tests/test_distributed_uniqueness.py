@@ -53,14 +53,20 @@ def rotated_supercell(s: Structure) -> Structure:
 
 ZERO_CELL = "zero cell"  # a row flagged valid whose lattice cannot be built
 NO_STRUCTURE = "invalid"  # a row that failed the structure stage
+KBR = ("K", "Br")
 
 # work unit -> its rows. Sample ids are "0-{unit}-{index}": "0-10-0" sorts before "0-2-0", so
 # the rock salt kept is unit 10's although unit 2 comes first by number.
 UNITS = {
-    1: [perovskite(3.9), ZERO_CELL, cesium_chloride_type(4.2, ("K", "Br"))],
-    2: [rock_salt(5.69), cesium_chloride_type(3.4), NO_STRUCTURE, cesium_chloride_type(4.3, ("K", "Br"))],
-    10: [rotated_supercell(rock_salt(5.69)), perovskite(3.95), rock_salt(5.75), cesium_chloride_type(3.4)],
-}  # fmt: skip
+    1: [perovskite(3.9), ZERO_CELL, cesium_chloride_type(4.2, KBR)],
+    2: [rock_salt(5.69), cesium_chloride_type(3.4), NO_STRUCTURE, cesium_chloride_type(4.3, KBR)],
+    10: [
+        rotated_supercell(rock_salt(5.69)),
+        perovskite(3.95),
+        rock_salt(5.75),
+        cesium_chloride_type(3.4),
+    ],
+}
 EXPECTED = {  # sample_id -> (unique, duplicate_of)
     "0-1-0": (True, None), "0-1-1": (False, None), "0-1-2": (True, None),
     "0-2-0": (False, "0-10-0"), "0-2-1": (False, "0-10-3"), "0-2-2": (False, None),
@@ -173,7 +179,8 @@ def test_local_decisions_are_one_shard(tmp_path):
 
 
 def run_job(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
+    # a private Ray instance, whose workers import this checkout's crysray
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "local"}
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / "filter_stability.py"), *map(str, args)],
         capture_output=True, text=True, timeout=600, cwd=REPO, env=env,
