@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,11 @@ from crysray.sample.campaign import unit_key
 from crysray.storage import Storage
 
 ray = pytest.importorskip("ray")
+
+# a checkout of crysray from before the distributed stage, to compare the job's summary with
+PREVIOUS_REPO = (
+    Path(os.environ["CRYSRAY_PREVIOUS_REPO"]) if "CRYSRAY_PREVIOUS_REPO" in os.environ else None
+)
 
 
 def rock_salt(a: float) -> Structure:
@@ -178,25 +184,36 @@ def test_local_decisions_are_one_shard(tmp_path):
     assert counts["passed"]["unique"] == sum(u for u, _ in EXPECTED.values())
 
 
-def run_job(*args) -> subprocess.CompletedProcess:
-    # a private Ray instance, whose workers import this checkout's crysray
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "local"}
+def run_job(*args, repo=REPO) -> subprocess.CompletedProcess:
+    """jobs/filter_stability.py of the checkout ``repo``, on a private Ray instance."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "RAY_ADDRESS": "local"}
     return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "filter_stability.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=600, cwd=REPO, env=env,
+        [sys.executable, str(repo / "jobs" / "filter_stability.py"), *map(str, args)],
+        capture_output=True, text=True, timeout=600, cwd=repo, env=env,
     )  # fmt: skip
+
+
+def finished_job(store: Storage, mode: str | None, repo=REPO) -> tuple[dict, dict]:
+    """(summary, decisions by sample_id) after the job finalizes the run in ``mode``."""
+    mode_args = ["--uniqueness", mode] if mode else []
+    done = run_job("--run", store.location, "--hull", "local", *mode_args, repo=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["units_filtered_now"] == 0
+    return json.loads(store.read_text("funnel/summary.json")), decisions_by_id(
+        read_decisions(store)
+    )
 
 
 @pytest.mark.slow
 def test_funnel_job_summary_is_the_same_either_way(tmp_path):
     store = write_run(tmp_path / "run")
     results = {}
-    for mode in ("local", "distributed"):
-        done = run_job("--run", store.location, "--hull", "local", "--uniqueness", mode)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout)["units_filtered_now"] == 0
-        summary = json.loads(store.read_text("funnel/summary.json"))
-        results[mode] = (summary, decisions_by_id(read_decisions(store)))
-    assert results["local"] == results["distributed"]
+    if PREVIOUS_REPO is not None:  # the job before the stage: funnel/unique.parquet, replaced
+        results["previous"] = finished_job(store, None, PREVIOUS_REPO)
+    results["local"] = finished_job(store, "local")
+    results["distributed"] = finished_job(store, "distributed")
+    assert not store.exists("funnel/unique.parquet")
+    for summary, decisions in results.values():
+        assert (summary, decisions) == results["local"]
     assert results["local"][1] == EXPECTED
-    assert results["local"][0]["passed"]["unique"] == 5
+    assert results["local"][0]["passed"]["unique"] == sum(u for u, _ in EXPECTED.values())
