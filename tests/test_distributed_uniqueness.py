@@ -217,3 +217,15 @@ def test_funnel_job_summary_is_the_same_either_way(tmp_path):
         assert (summary, decisions) == results["local"]
     assert results["local"][1] == EXPECTED
     assert results["local"][0]["passed"]["unique"] == sum(u for u, _ in EXPECTED.values())
+
+
+@pytest.mark.slow
+def test_distributed_stage_on_object_storage(s3_bucket):
+    """The job's Ray workers read the funnel files and write the shards on S3."""
+    store = write_run(s3_bucket.url("run"))
+    table = funnel_table(store)
+    expected_counts = funnel_counts(with_uniqueness(table, run_uniqueness(table)[0]))
+    summary, decisions = finished_job(store, "distributed")
+    assert decisions == EXPECTED and summary == expected_counts
+    shards = [k for k in s3_bucket.objects("run") if k.startswith("run/funnel/unique/part-")]
+    assert shards and all(k.endswith(".parquet") for k in shards)
