@@ -4,8 +4,10 @@ For every ``data/unit-*.parquet`` written by a sampling run, ``FunnelUnitWorker`
 ``funnel/unit-*.parquet``: the same rows with the per-row stages (structure, composition,
 novelty, relaxation, hull) added, atomically and named by unit, so reruns skip finished units
 exactly as sampling does. Uniqueness needs the whole run, so ``finalize_run`` decides it at the
-end, comparing crystals only inside groups of equal reduced formula (near-linear cost), and
-writes ``funnel/unique.parquet`` and ``funnel/summary.json``. The run may be a local directory or
+end, comparing crystals only inside groups of equal reduced formula (near-linear cost; one
+``decide_formula_group`` call per group, in this process or in a Ray Data stage of
+crysray.distributed), and writes shards of decisions under ``funnel/unique/`` and
+``funnel/summary.json``. The run may be a local directory or
 an object-storage URL (crysray.storage); the funnel's files go next to the samples.
 """
 
