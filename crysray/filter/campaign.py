@@ -7,8 +7,8 @@ exactly as sampling does. Uniqueness needs the whole run, so ``finalize_run`` de
 end, comparing crystals only inside groups of equal reduced formula (near-linear cost; one
 ``decide_formula_group`` call per group, in this process or in a Ray Data stage of
 crysray.distributed), and writes shards of decisions under ``funnel/unique/`` and
-``funnel/summary.json``. The run may be a local directory or
-an object-storage URL (crysray.storage); the funnel's files go next to the samples.
+``funnel/summary.json``. The run may be a local directory or an object-storage URL
+(crysray.storage); the funnel's files go next to the samples.
 """
 
 from __future__ import annotations
