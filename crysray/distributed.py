@@ -1,4 +1,5 @@
-"""The thin Ray layer shared by the jobs: the stability funnel as a Ray Data stage.
+"""The thin Ray layer shared by the jobs: the stability funnel and run-wide uniqueness as Ray
+Data stages.
 
 Kept out of crysray's library modules (which never import Ray) and out of the job scripts
 (which do not import each other).
@@ -6,13 +7,29 @@ Kept out of crysray's library modules (which never import Ray) and out of the jo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pyarrow as pa
 import ray
 
-from crysray.filter.campaign import FunnelUnitWorker
+from crysray.filter.campaign import (
+    FunnelUnitWorker,
+    candidate_rows,
+    decide_formula_group,
+    filtered_units,
+    funnel_key,
+    undecided_rows,
+    uniqueness_columns,
+    write_decision_shard,
+)
 from crysray.filter.config import FunnelConfig
-from crysray.storage import is_url
+from crysray.filter.counts import merge_counts
+from crysray.storage import Storage, is_url
+
+# hash partitions of the formula shuffle: Ray Data's default, fewer for a run of fewer units
+# (each partition costs a task even when it holds nothing)
+MAX_FORMULA_PARTITIONS = 200
 
 
 def funnel_resources(cluster: dict, replicas: int, cpus=None, gpus=None) -> tuple[float, float]:
@@ -44,3 +61,36 @@ def add_funnel_stage(
 def _absolute(run_dir: str | Path) -> str:
     """What actors on any node can open: an absolute path, or the URL as it is."""
     return str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())
+
+
+def decide_run_distributed(store: Storage) -> dict:
+    """Run-wide uniqueness as a Ray Data stage; a ``decide_run`` for ``finalize_run``.
+
+    Reads only the columns uniqueness and the counts need from the per-unit funnel files,
+    shuffles the candidates by reduced formula so that one task decides each formula group
+    (``decide_formula_group``, as the one-process path does), and writes the decisions as
+    shards under ``funnel/unique/`` from the tasks. The driver receives one small dict of
+    counts per block, never rows.
+    """
+    keys = [funnel_key(u) for u in filtered_units(store)]
+    columns = uniqueness_columns(store.dataset(keys[:1]).schema)
+    paths = [store.path(k) for k in keys]
+    rows = ray.data.read_parquet(paths, filesystem=store.fs).select_columns(columns)
+    decided = (
+        rows.map_batches(candidate_rows, batch_format="pyarrow")
+        .groupby("formula", num_partitions=min(len(keys), MAX_FORMULA_PARTITIONS))
+        .map_groups(decide_formula_group, batch_format="pyarrow")
+    ).union(rows.map_batches(undecided_rows, batch_format="pyarrow"))
+    parts = decided.map_batches(
+        _write_shard, batch_size=None, batch_format="pyarrow",
+        fn_kwargs={"location": _absolute(store.location)},
+    )  # fmt: skip
+    return merge_counts([json.loads(row["counts"]) for row in parts.iter_rows()])
+
+
+def _write_shard(rows, location: str):
+    """One block of decided rows -> its shard on storage and a one-row table of its counts."""
+    if rows.num_rows == 0:
+        return pa.table({"counts": pa.array([], pa.string())})
+    counts = write_decision_shard(rows, Storage(location))
+    return pa.table({"counts": [json.dumps(counts)]})

@@ -6,9 +6,11 @@
 Per work unit: structural validity, SMACT composition validity, novelty against the training
 set, batched MatGL relaxation, formation energy on the Materials Project's scale and energy
 above the chosen hull (funnel/unit-*.parquet); then run-wide uniqueness and the S.U.N. count
-(funnel/unique.parquet, funnel/summary.json). funnel/manifest.json records the settings and
-the hull. With --hull mp the driver fetches the run's chemical systems from the Materials
-Project once (MP_API_KEY) into the cache; the actors read only the cache. The same stage runs
+(funnel/unique/*.parquet, funnel/summary.json): by default a Ray Data stage that shuffles the
+candidates by reduced formula, one task per formula group (--uniqueness local decides in the
+driver instead). funnel/manifest.json records the settings and the hull. With --hull mp the
+driver fetches the run's chemical systems from the Materials Project once (MP_API_KEY) into the
+cache; the actors read only the cache. The same stage runs
 inside jobs/mass_sample.py with --funnel.
 """
 
@@ -41,7 +43,7 @@ def run(args) -> dict:
     import ray
 
     from crysray.data.csv import dataset_path
-    from crysray.distributed import add_funnel_stage
+    from crysray.distributed import add_funnel_stage, decide_run_distributed
     from crysray.filter.campaign import (
         finalize_run,
         open_funnel,
@@ -67,9 +69,11 @@ def run(args) -> dict:
     open_funnel(run_dir, config, hull)
     todo = pending_funnel_units(run_dir)
     start = time.perf_counter()
-    if todo:
+    distributed = args.uniqueness == "distributed"
+    if todo or distributed:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    if todo:
         units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
         stage = add_funnel_stage(
             units,
@@ -81,7 +85,7 @@ def run(args) -> dict:
         )
         for _ in stage.iter_rows():
             pass
-    counts = finalize_run(run_dir)
+    counts = finalize_run(run_dir, decide_run_distributed if distributed else None)
     return {
         **counts,
         "hull": hull,

@@ -373,9 +373,11 @@ def run(args) -> dict:
 
     failed = record_failures(args.store)
     if args.funnel:
+        from crysray.distributed import decide_run_distributed
         from crysray.filter.campaign import finalize_run
 
-        print(json.dumps(finalize_run(args.store)["funnel"]))
+        decide = decide_run_distributed if args.uniqueness == "distributed" else None
+        print(json.dumps(finalize_run(args.store, decide)["funnel"]))
     return {
         **summarize(args.store, spec, todo, seconds),
         "steady_crystals_per_second": steady_rate(arrivals),

@@ -28,13 +28,12 @@ def load_rows(run):
     from crysray.filter.campaign import filtered_units
 
     if filtered_units(run):
-        from crysray.filter.campaign import funnel_table, with_uniqueness
+        from crysray.filter.campaign import funnel_table, read_decisions, with_uniqueness
 
         table = funnel_table(run)
-        unique_file = "funnel/unique.parquet"
-        if run.exists(unique_file):
-            decided = run.read_table(unique_file, columns=["sample_id", "unique"]).to_pydict()
-            decided = dict(zip(decided["sample_id"], decided["unique"]))
+        decided = read_decisions(run, columns=["sample_id", "unique"])
+        if decided is not None:
+            decided = dict(zip(decided["sample_id"].to_pylist(), decided["unique"].to_pylist()))
             table = with_uniqueness(
                 table, [bool(decided.get(i, False)) for i in table["sample_id"].to_pylist()]
             )

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 from support import REPO
+
+from crysray.filter.campaign import read_decisions
 
 SHIPPED = REPO / "checkpoints" / "crysbfn_perov5.pt"
 
@@ -63,7 +64,7 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
     for row in funnel.to_pylist():
         if row["relax_status"] is not None:
             assert row["pass_structure"] and row["pass_composition"]
-    unique = pq.read_table(out / "funnel" / "unique.parquet")
+    unique = read_decisions(out)
     assert unique.num_rows == 24 and summary["passed"]["unique"] == sum(
         unique["unique"].to_pylist()
     )

@@ -10,6 +10,7 @@ import pytest
 from s3_server import DUMMY_KEYS
 from support import REPO
 
+from crysray.filter.campaign import read_decisions
 from crysray.sample.schema import read_samples, rows_to_structures
 from crysray.storage import Storage
 
@@ -124,7 +125,7 @@ def test_funnel_and_report_read_and_write_an_s3_run(s3_bucket):
     assert summary["total"] == 8
     funnel = [k for k in s3_bucket.objects("perov") if k.startswith("perov/funnel/unit-")]
     assert len(funnel) == 2
-    unique = store.read_table("funnel/unique.parquet")
+    unique = read_decisions(store)
     assert sorted(unique["sample_id"].to_pylist()) == sorted(
         read_samples([f"s3://{s3_bucket.name}/{k}" for k in unit_objects(s3_bucket, "perov")])
         .column("sample_id")

@@ -9,7 +9,8 @@ import here (house style: jobs/ own the Ray calls), e.g.::
 
 The hull is opened from its cache only (``crysray.filter.hulls.prepare_hull`` fills it once on
 the driver), so actors never talk to the Materials Project. Uniqueness is decided inside each
-batch; for a whole run, see crysray.filter.campaign.finalize_run.
+batch; for a whole run, see crysray.filter.campaign.finalize_run (and its distributed stage,
+crysray.distributed.decide_run_distributed).
 """
 
 from __future__ import annotations

@@ -4,13 +4,16 @@ For every ``data/unit-*.parquet`` written by a sampling run, ``FunnelUnitWorker`
 ``funnel/unit-*.parquet``: the same rows with the per-row stages (structure, composition,
 novelty, relaxation, hull) added, atomically and named by unit, so reruns skip finished units
 exactly as sampling does. Uniqueness needs the whole run, so ``finalize_run`` decides it at the
-end, comparing crystals only inside groups of equal reduced formula (near-linear cost), and
-writes ``funnel/unique.parquet`` and ``funnel/summary.json``. The run may be a local directory or
-an object-storage URL (crysray.storage); the funnel's files go next to the samples.
+end, comparing crystals only inside groups of equal reduced formula (near-linear cost; one
+``decide_formula_group`` call per group, in this process or in a Ray Data stage of
+crysray.distributed), and writes shards of decisions under ``funnel/unique/`` and
+``funnel/summary.json``. The run may be a local directory or an object-storage URL
+(crysray.storage); the funnel's files go next to the samples.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 
@@ -20,7 +23,7 @@ import pyarrow.compute as pc
 
 from crysray.filter.actor import StabilityFunnel
 from crysray.filter.config import FunnelConfig
-from crysray.filter.counts import STAGES, bools, funnel_counts
+from crysray.filter.counts import FLAGS, STAGES, bools, funnel_counts
 from crysray.filter.uniqueness import uniqueness
 from crysray.sample.campaign import RunDirectoryError, finished_units, unit_key, unit_name, unit_of
 from crysray.sample.schema import read_samples, rows_to_structures
@@ -29,6 +32,13 @@ from crysray.storage import Location, Storage, storage_of
 FUNNEL_DIR = "funnel"
 FUNNEL_MANIFEST = "manifest.json"
 PER_UNIT_STAGES = tuple(s for s in STAGES if s != "unique")
+UNIQUE_DIR = f"{FUNNEL_DIR}/unique"  # decision shards: sample_id, unique, duplicate_of
+LEGACY_UNIQUE_FILE = f"{FUNNEL_DIR}/unique.parquet"
+DECISIONS = ("sample_id", "unique", "duplicate_of")
+# what deciding a row needs: who it is, its group, whether it is a candidate, its structure
+DECISION_INPUTS = ("sample_id", "formula", "pass_structure", "atomic_numbers", "frac_coords",
+                   "lattice")  # fmt: skip
+COUNTED_COLUMNS = ("relax_status", "hull_status", "hull_reference", "hull_reference_phases")
 
 
 def funnel_key(unit: int) -> str:
@@ -101,9 +111,22 @@ def pending_funnel_units(run_dir: Location) -> list[int]:
     return [u for u in sampled_units(store) if u not in done]
 
 
-def finalize_run(run_dir: Location) -> dict:
-    """Run-wide uniqueness, S.U.N. and counts over the finished per-unit funnel files."""
+def finalize_run(run_dir: Location, decide_run=None) -> dict:
+    """Run-wide uniqueness, S.U.N. and counts over the finished per-unit funnel files.
+
+    ``decide_run(store) -> counts`` writes the decision shards under ``funnel/unique/`` and
+    returns the run's counts; the default decides in this process (``decide_run_locally``),
+    crysray.distributed has the same decisions as a Ray Data stage for large runs.
+    """
     store = storage_of(run_dir)
+    clear_decisions(store)  # shards of an earlier finalize would be counted twice
+    counts = (decide_run or decide_run_locally)(store)
+    store.write_text(f"{FUNNEL_DIR}/summary.json", json.dumps(counts, indent=1))
+    return counts
+
+
+def decide_run_locally(store: Storage) -> dict:
+    """All funnel rows in this process: one decision shard, the counts of the whole table."""
     table = funnel_table(store)
     unique, duplicate_of = run_uniqueness(table)
     decided = pa.table(
@@ -113,11 +136,29 @@ def finalize_run(run_dir: Location) -> dict:
             "duplicate_of": pa.array(duplicate_of, pa.string()),
         }
     )
-    store.write_table(f"{FUNNEL_DIR}/unique.parquet", decided)
-    full = with_uniqueness(table, unique)
-    counts = funnel_counts(full)
-    store.write_text(f"{FUNNEL_DIR}/summary.json", json.dumps(counts, indent=1))
-    return counts
+    store.make_dir(UNIQUE_DIR)
+    store.write_table(f"{UNIQUE_DIR}/part-local.parquet", decided)
+    return funnel_counts(with_uniqueness(table, unique))
+
+
+def clear_decisions(store: Storage) -> None:
+    for name in store.list_names(UNIQUE_DIR, suffix=".parquet"):
+        store.delete(f"{UNIQUE_DIR}/{name}")
+    store.delete(LEGACY_UNIQUE_FILE)
+
+
+def read_decisions(run_dir: Location, columns: list[str] | None = None) -> pa.Table | None:
+    """The run-wide decisions (sample_id, unique, duplicate_of), None before finalize.
+
+    Runs finalized before the decisions were sharded hold them in ``funnel/unique.parquet``.
+    """
+    store = storage_of(run_dir)
+    shards = [f"{UNIQUE_DIR}/{n}" for n in store.list_names(UNIQUE_DIR, suffix=".parquet")]
+    if shards:
+        return store.dataset(shards).to_table(columns=columns)
+    if store.exists(LEGACY_UNIQUE_FILE):
+        return store.read_table(LEGACY_UNIQUE_FILE, columns=columns)
+    return None
 
 
 def funnel_table(run_dir: Location) -> pa.Table:
@@ -135,22 +176,70 @@ def with_uniqueness(table: pa.Table, unique) -> pa.Table:
     return table
 
 
+def uniqueness_columns(schema: pa.Schema) -> list[str]:
+    """What run-wide uniqueness reads of the funnel files: the decision's inputs and what the
+    counts need (columns the run lacks are left out, as ``funnel_counts`` leaves their stage)."""
+    wanted = DECISION_INPUTS + tuple(FLAGS.values()) + COUNTED_COLUMNS
+    return [c for c in dict.fromkeys(wanted) if c in schema.names]
+
+
 def run_uniqueness(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
-    """Uniqueness among structurally valid rows, in sample order, grouped by reduced formula."""
-    valid = bools(table["pass_structure"])
-    order = np.argsort(
-        np.asarray(table["sample_id"].to_pylist(), dtype=object).astype(str), kind="stable"
-    )
+    """Uniqueness among structurally valid rows, grouped by reduced formula, in one process.
+
+    Returns ``unique`` and ``duplicate_of`` aligned with ``table``'s rows; every formula group
+    is decided by ``decide_formula_group``, as in the distributed stage.
+    """
     unique = np.zeros(table.num_rows, dtype=bool)
     duplicate_of: list[str | None] = [None] * table.num_rows
+    rows = table.select(list(DECISION_INPUTS)).append_column(
+        "row", pa.array(np.arange(table.num_rows))
+    )
     groups = defaultdict(list)
-    for i, formula in zip(order, pc.take(table["formula"], pa.array(order)).to_pylist()):
+    valid = bools(table["pass_structure"])
+    for i, formula in enumerate(table["formula"].to_pylist()):
         if valid[i]:
-            groups[formula].append(int(i))
-    ids = table["sample_id"].to_pylist()
-    for rows in groups.values():
-        structures = rows_to_structures(table.take(rows))
-        flags, dups = uniqueness(structures, [ids[i] for i in rows])
-        for i, flag, dup in zip(rows, flags, dups):
-            unique[i], duplicate_of[i] = bool(flag), dup
+            groups[formula].append(i)
+    for members in groups.values():
+        decided = decide_formula_group(rows.take(members))
+        for i, flag, dup in zip(*(decided[c].to_pylist() for c in ("row", *DECISIONS[1:]))):
+            unique[i], duplicate_of[i] = flag, dup
     return unique, duplicate_of
+
+
+def decide_formula_group(rows: pa.Table) -> pa.Table:
+    """Uniqueness within one group of candidates sharing a reduced formula.
+
+    Rows are put in sample_id order first (unique within a run), so the representative kept is
+    the same whichever order the rows arrive in, on one process or from a shuffle. Returns the
+    rows in that order with ``unique`` and ``duplicate_of`` (the kept row's sample_id) added.
+    """
+    rows = rows.take(pc.sort_indices(rows, sort_keys=[("sample_id", "ascending")]))
+    unique, duplicate_of = uniqueness(rows_to_structures(rows), rows["sample_id"].to_pylist())
+    return rows.append_column("unique", pa.array(unique, pa.bool_())).append_column(
+        "duplicate_of", pa.array(duplicate_of, pa.string())
+    )
+
+
+def undecided_rows(rows: pa.Table) -> pa.Table:
+    """The rows that are not candidates (no valid structure): never unique."""
+    rows = rows.filter(pc.invert(pc.fill_null(rows["pass_structure"], False)))
+    return rows.append_column("unique", pa.array(np.zeros(rows.num_rows, bool))).append_column(
+        "duplicate_of", pa.nulls(rows.num_rows, pa.string())
+    )
+
+
+def candidate_rows(rows: pa.Table) -> pa.Table:
+    return rows.filter(pc.fill_null(rows["pass_structure"], False))
+
+
+def write_decision_shard(rows: pa.Table, store: Storage) -> dict:
+    """Write decided rows' (sample_id, unique, duplicate_of) as one shard; return their counts.
+
+    The shard is named by its rows, so a retried task overwrites its own shard.
+    """
+    ids = rows["sample_id"].to_pylist()
+    name = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20]
+    store.make_dir(UNIQUE_DIR)
+    store.write_table(f"{UNIQUE_DIR}/part-{name}.parquet", rows.select(list(DECISIONS)))
+    unique = bools(rows["unique"])
+    return funnel_counts(with_uniqueness(rows.drop_columns(["unique", "duplicate_of"]), unique))

@@ -79,6 +79,13 @@ def add_funnel_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="GPUs per funnel actor (default: 1 if the cluster has GPUs)",
     )
+    group.add_argument(
+        "--uniqueness",
+        choices=("distributed", "local"),
+        default="distributed",
+        help="run-wide uniqueness as a Ray Data stage over the cluster (default), or in the "
+        "driver process (small runs)",
+    )
 
 
 def funnel_config_from_args(args: argparse.Namespace, default_training=None) -> FunnelConfig:

@@ -58,3 +58,29 @@ def funnel_counts(table: pa.Table) -> dict:
         sun = int(bools(table["sun"]).sum())
         counts["sun"], counts["sun_fraction"] = sun, sun / n if n else 0.0
     return counts
+
+
+def merge_counts(parts: list[dict]) -> dict:
+    """The ``funnel_counts`` of a table from the counts of its pieces (rows split any way)."""
+    total = sum(p["total"] for p in parts)
+    counts = {"total": total}
+    for key in ("passed", "funnel", "relax_status", "hull_status"):
+        if parts and key in parts[0]:
+            counts[key] = _add(p[key] for p in parts)
+    if parts and "hull" in parts[0]:
+        names = {n for p in parts for n in p["hull"].split(",") if n}
+        counts["hull"] = ",".join(sorted(names))
+        counts["stable_on_thin_hull"] = sum(p["stable_on_thin_hull"] for p in parts)
+    if parts and "sun" in parts[0]:
+        sun = sum(p["sun"] for p in parts)
+        counts["sun"], counts["sun_fraction"] = sun, sun / total if total else 0.0
+    return counts
+
+
+def _add(dicts) -> dict:
+    """Key-wise sums, zeros kept (a stage that nothing passed still has its count)."""
+    total: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return total
