@@ -164,12 +164,13 @@ def test_driver_and_reader_memory_do_not_grow_with_the_list(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_composition_store.py"), "--sizes",
          "50000", "1000000", "--no-record"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True, text=True, timeout=900, check=True,
     )  # fmt: skip
     small, big = (json.loads(line) for line in result.stdout.splitlines())
     assert big["compositions"] == 20 * small["compositions"]
-    mb = 2**20 / 1e6
-    assert big["driver_peak_rss_mb"] < max(1.2 * small["driver_peak_rss_mb"],
-                                           small["driver_peak_rss_mb"] + 50 * mb)  # fmt: skip
-    assert big["reader_growth_mb"] < small["reader_growth_mb"] + 50 * mb
+    # memory in proportion to the list would grow the driver by 20x its small-run growth
+    # (about 1.5 GB); the allocator settles after a few chunks, so allow a bounded step
+    assert big["driver_growth_mb"] < 4 * small["driver_growth_mb"]
+    assert big["driver_peak_rss_mb"] < small["driver_peak_rss_mb"] + 150
+    assert big["reader_growth_mb"] < small["reader_growth_mb"] + 50
     assert big["shipped_bytes"] == small["shipped_bytes"] < 300
