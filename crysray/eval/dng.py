@@ -31,7 +31,7 @@ from scipy.stats import wasserstein_distance
 from crysray.atomic import atomic_path
 from crysray.data.csv import dataset_path, load_split
 from crysray.eval.validity import structure_validity
-from crysray.filter.composition import composition_of, composition_validity
+from crysray.filter.composition import composition_of, composition_validity, too_many_elements
 from crysray.filter.uniqueness import TrainingSet, novelty, uniqueness
 from crysray.paths import default_cache_dir
 
@@ -166,6 +166,7 @@ def dng_metrics(
     comp_ok = np.array(
         [s is not None and composition_validity(np.array(s.atomic_numbers)) for s in generated]
     )
+    unchecked = sum(s is not None and too_many_elements(s.composition) for s in generated)
     valid = struct_ok & comp_ok
     gen_s, gen_c, _ = fingerprints(generated, workers)
     ref_s, ref_c = reference_fingerprints(list(test), workers)
@@ -179,6 +180,7 @@ def dng_metrics(
         "n": n,
         "structure_validity": float(struct_ok.mean()) if n else 0.0,
         "composition_validity": float(comp_ok.mean()) if n else 0.0,
+        "composition_not_checked": int(unchecked),  # too many elements for SMACT: invalid
         "validity": float(valid.mean()) if n else 0.0,
         "cov_recall": recall,
         "cov_precision": precision,

@@ -18,6 +18,11 @@ import numpy as np
 from pymatgen.core import Composition, Element
 
 CDVAE_OXIDATION_STATES = "smact14"
+# SMACT tries every combination of the elements' oxidation states: the work grows
+# exponentially with the number of elements, and a 12-element cell from an untrained model
+# takes hours. The datasets' cells have at most 6 elements (MP-20 samples here; Perov-5: 5); beyond
+# 8 a composition is not checked and counts as invalid (see ``too_many_elements``).
+MAX_ELEMENTS_CHECKED = 8
 
 
 def composition_of(numbers: np.ndarray) -> Composition:
@@ -29,12 +34,21 @@ def composition_of(numbers: np.ndarray) -> Composition:
 def composition_validity(
     numbers: np.ndarray, oxidation_states_set: str = CDVAE_OXIDATION_STATES
 ) -> bool:
-    """True iff the composition of atomic numbers (n,) passes SMACT; never raises."""
+    """True iff the composition of atomic numbers (n,) passes SMACT; never raises. Cells of more
+    than MAX_ELEMENTS_CHECKED elements are not checked and count as invalid."""
     try:
-        formula = composition_of(numbers).formula
+        composition = composition_of(numbers)
     except (ValueError, KeyError):
         return False  # Z outside the periodic table
-    return _smact_valid(formula, oxidation_states_set)
+    if too_many_elements(composition):
+        return False
+    return _smact_valid(composition.formula, oxidation_states_set)
+
+
+def too_many_elements(composition: Composition) -> bool:
+    """More elements than SMACT is asked to check (MAX_ELEMENTS_CHECKED); such a composition
+    is counted invalid without a check."""
+    return len(composition.elements) > MAX_ELEMENTS_CHECKED
 
 
 @functools.lru_cache(maxsize=65536)

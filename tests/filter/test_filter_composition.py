@@ -8,7 +8,12 @@ import pytest
 from pymatgen.core import Composition
 
 from crysray.data.csv import dataset_path
-from crysray.filter.composition import composition_of, composition_validity
+from crysray.filter.composition import (
+    MAX_ELEMENTS_CHECKED,
+    composition_of,
+    composition_validity,
+    too_many_elements,
+)
 
 
 @pytest.mark.parametrize(
@@ -41,3 +46,12 @@ def test_mp20_share_matches_the_literature():
     numbers = [[el.Z for el, k in Composition(f).items() for _ in range(int(k))] for f in formulas]
     share = np.mean([composition_validity(np.array(z)) for z in numbers])
     assert 0.86 < share < 0.93
+
+
+def test_cells_of_too_many_elements_are_counted_invalid_without_a_check():
+    """SMACT's search is exponential in the number of elements: past the limit, no check."""
+    many = np.array([3, 8, 11, 12, 13, 14, 15, 16, 17, 19, 20, 26][: MAX_ELEMENTS_CHECKED + 1])
+    assert too_many_elements(composition_of(many))
+    assert composition_validity(many) is False
+    at_limit = many[:MAX_ELEMENTS_CHECKED]
+    assert not too_many_elements(composition_of(at_limit))
