@@ -19,9 +19,10 @@ from pymatgen.core import Composition, Element
 
 CDVAE_OXIDATION_STATES = "smact14"
 # SMACT tries every combination of the elements' oxidation states: the work grows
-# exponentially with the number of elements, and a 12-element cell from an untrained model
-# takes hours. The datasets' cells have at most 6 elements (MP-20 samples here; Perov-5: 5); beyond
-# 8 a composition is not checked and counts as invalid (see ``too_many_elements``).
+# exponentially with the number of elements, and the many-element cells of a barely trained
+# model kept one evaluation busy for over half an hour. The datasets' cells have at most 6
+# elements (MP-20 samples here; Perov-5: 5); beyond 8 a composition is not checked and counts
+# as invalid (see ``too_many_elements``).
 MAX_ELEMENTS_CHECKED = 8
 
 
