@@ -173,4 +173,6 @@ def test_driver_and_reader_memory_do_not_grow_with_the_list(tmp_path):
     assert big["driver_growth_mb"] < 4 * small["driver_growth_mb"]
     assert big["driver_peak_rss_mb"] < small["driver_peak_rss_mb"] + 150
     assert big["reader_growth_mb"] < small["reader_growth_mb"] + 50
-    assert big["shipped_bytes"] == small["shipped_bytes"] < 300
+    # what an actor receives: the same few bytes, whatever the list's length (the count's
+    # digits aside)
+    assert big["shipped_bytes"] < 300 and abs(big["shipped_bytes"] - small["shipped_bytes"]) < 8

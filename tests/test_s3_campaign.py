@@ -59,8 +59,9 @@ def test_campaign_on_s3_is_exactly_once_resumes_and_refuses_other_runs(
     assert f"output            {url}/data" in first.stdout
     assert_exactly(s3_bucket, "run", 30)
     objects = s3_bucket.objects("run")
-    assert sorted(objects) == ["run/data/unit-00000000.parquet", "run/data/unit-00000001.parquet",
-                               "run/data/unit-00000002.parquet", "run/manifest.json"]  # fmt: skip
+    assert sorted(objects) == ["run/compositions.parquet", "run/data/unit-00000000.parquet",
+                               "run/data/unit-00000001.parquet", "run/data/unit-00000002.parquet",
+                               "run/manifest.json"]  # fmt: skip
     assert_no_credentials_stored(s3_bucket, "run")
 
     again = run("mass_sample.py", *args)  # finished: nothing rewritten, nothing added
