@@ -23,6 +23,13 @@ def _model(train_steps=(10,), seed=0) -> CrysBFN:
     return CrysBFN(config)
 
 
+def _dng_model(rollout_prob=0.0) -> CrysBFN:
+    """A DNG model whose vocabulary holds the atom types of ``batch``."""
+    config = _model().config.replace("method", task="dng", rollout_prob=rollout_prob)
+    torch.manual_seed(0)
+    return CrysBFN(config.replace("data", atom_types=(1, 6, 7, 8, 22, 29, 38)))
+
+
 @pytest.fixture(scope="module")
 def model() -> CrysBFN:
     return _model()
@@ -228,9 +235,6 @@ def test_constructor_rejects_bad_config():
         CrysBFN(scaled.replace("method", task="dnp"))
     with pytest.raises(ValueError, match="data.atom_types must be set"):
         CrysBFN(scaled.replace("method", task="dng"))
-    dng = scaled.replace("method", task="dng").replace("data", atom_types=(8, 22))
-    with pytest.raises(ValueError, match="rollout training .* is for CSP only"):
-        CrysBFN(dng.replace("method", rollout_prob=0.5))
 
 
 def test_rollout_feeds_the_models_own_previous_prediction(batch):
@@ -242,8 +246,8 @@ def test_rollout_feeds_the_models_own_previous_prediction(batch):
     lattice = batch.lattice / LATTICE_STD
     step = torch.tensor([1, 2, 7])
     with Capture(model.denoiser) as capture:
-        centre, lattice_centre = model._rollout(
-            batch, x, lattice, step, 10, torch.Generator().manual_seed(3)
+        centre, lattice_centre, type_centre = model._rollout(
+            batch, x, lattice, None, step, 10, torch.Generator().manual_seed(3)
         )
     ((args, (x_prev, lattice_prev, _)),) = capture.calls
     first = batch.batch_idx == 0
@@ -254,6 +258,36 @@ def test_rollout_feeds_the_models_own_previous_prediction(batch):
     assert torch.equal(args[3], torch.tensor([0.0, 0.0, 0.5]))
     assert torch.equal(lattice_centre[1], torch.zeros(3, 3))
     assert torch.equal(lattice_centre[2], lattice_prev[2])
+    assert type_centre is None  # CSP: the types are given
+
+
+def test_dng_rollout_centres_the_types_on_the_previous_prediction(batch):
+    """DNG with rollout_prob = 1: the type flow of theta_{i-1} is centred on the probabilities
+    predicted from theta_{i-2}, as end-back sampling centres it; at i = 1 on the one-hot."""
+    model = _dng_model(rollout_prob=1.0)
+    one_hot = torch.nn.functional.one_hot(
+        model.type_indices(batch.atom_types), len(model.type_vocab)
+    ).float()
+    step = torch.tensor([1, 2, 7])
+    with Capture(model.denoiser) as capture:
+        _, _, type_centre = model._rollout(
+            batch,
+            frac_to_angle(batch.frac_coords),
+            batch.lattice / LATTICE_STD,
+            one_hot,
+            step,
+            10,
+            torch.Generator().manual_seed(3),
+        )
+    ((args, (_, _, logits)),) = capture.calls
+    # the rollout pass itself sees a type-flow draw (rows summing to 1), not atomic numbers
+    assert args[0].shape == one_hot.shape
+    assert torch.allclose(args[0].sum(-1), torch.ones(len(one_hot)))
+    first = batch.batch_idx == 0
+    assert torch.equal(type_centre[first], one_hot[first])
+    assert torch.allclose(type_centre[~first], torch.softmax(logits, -1)[~first])
+    loss, metrics = model.loss(batch, torch.Generator().manual_seed(4))
+    assert torch.isfinite(loss) and metrics["type_loss"] > 0
 
 
 def test_coordinate_weight_cap(batch):

@@ -103,8 +103,6 @@ class CrysBFN(GenerativeMethod):
         self.dng = m.task == "dng"
         if self.dng and not data.atom_types:
             raise ValueError("crysbfn dng: data.atom_types must be set from the training split")
-        if self.dng and m.rollout_prob > 0:
-            raise ValueError("crysbfn: rollout training (method.rollout_prob) is for CSP only")
         net = config.net
         self.denoiser = CrysBFNDenoiser(
             net.hidden_dim,
@@ -145,19 +143,21 @@ class CrysBFN(GenerativeMethod):
 
         x = frac_to_angle(batch.frac_coords)
         lattice = batch.lattice / self.lattice_std
-        centre, lattice_centre = x, lattice
+        one_hot = None
+        if self.dng:
+            index = self.type_indices(batch.atom_types)
+            one_hot = nn.functional.one_hot(index, len(self.type_vocab)).float()
+        centre, lattice_centre, type_centre = x, lattice, one_hot
         if cfg.rollout_prob > 0:
-            centre, lattice_centre = self._rollout(batch, x, lattice, step, steps, generator)
+            centre, lattice_centre, type_centre = self._rollout(
+                batch, x, lattice, one_hot, step, steps, generator
+            )
         updates = (step - 1)[batch_idx].unsqueeze(-1)  # theta_{i-1} has seen i-1 updates
         m, c = bank.draw(centre, updates, generator)
         u = self.coord_flow.entropy_condition(c, updates)
         t = (step - 1).float() / steps
         lattice_in = self.lattice_flow.draw(lattice_centre, t.view(-1, 1, 1), generator)
-        types_in = batch.atom_types
-        if self.dng:  # theta_{i-1} of the types from their flow at t = (i-1)/N
-            index = self.type_indices(batch.atom_types)
-            one_hot = nn.functional.one_hot(index, len(self.type_vocab)).float()
-            types_in = self.type_flow.draw(one_hot, t[batch_idx].unsqueeze(-1), generator)
+        types_in = self._type_input(batch, type_centre, t, generator)
         x_hat, lattice_hat, logits = self.denoiser(types_in, m, u, t, lattice_in, batch.num_atoms)
         w_coord = coord_weights[step - 1]
         if cfg.coord_weight_cap > 0:
@@ -174,12 +174,21 @@ class CrysBFN(GenerativeMethod):
             metrics["type_loss"] = type_loss.item()
         return loss, {"loss": loss.item(), **metrics, "steps": steps}
 
+    def _type_input(self, batch, type_centre, t, generator):
+        """The network's type input for theta_{i-1} at t = (i-1)/N (per crystal): the atomic
+        numbers (CSP) or a draw of the type flow around ``type_centre`` (DNG)."""
+        if not self.dng:
+            return batch.atom_types
+        return self.type_flow.draw(type_centre, t[batch.batch_idx].unsqueeze(-1), generator)
+
     @torch.no_grad()
-    def _rollout(self, batch, x, lattice, step, steps, generator):
+    def _rollout(self, batch, x, lattice, one_hot, step, steps, generator):
         """Flow centres for theta_{i-1}: the truth, or for a share ``rollout_prob`` of crystals
         with i >= 2, the model's own prediction at step i-1 from theta_{i-2} drawn around the
         truth. End-back sampling feeds the network draws around its previous prediction, never
-        around the truth; this teaches it to correct its own errors of the previous step."""
+        around the truth; this teaches it to correct its own errors of the previous step.
+        In DNG the type centre of those crystals is the predicted type probabilities, as the
+        sampler uses them (``one_hot`` is None in CSP)."""
         device, batch_idx = x.device, batch.batch_idx
         _, _, bank = self.coord_flow.tables(steps, device)
         prev = (step - 2).clamp_min(0)
@@ -188,13 +197,19 @@ class CrysBFN(GenerativeMethod):
         u = self.coord_flow.entropy_condition(c, updates)
         t = prev.float() / steps
         lattice_in = self.lattice_flow.draw(lattice, t.view(-1, 1, 1), generator)
-        x_prev, lattice_prev, _ = self.denoiser(
-            batch.atom_types, m, u, t, lattice_in, batch.num_atoms
+        types_in = self._type_input(batch, one_hot, t, generator)
+        x_prev, lattice_prev, logits = self.denoiser(
+            types_in, m, u, t, lattice_in, batch.num_atoms
         )
         coin = torch.rand(step.shape, generator=generator, device=device)
         use = (step >= 2) & (coin < self.config.method.rollout_prob)
-        centre = torch.where(use[batch_idx].unsqueeze(-1), x_prev, x)
-        return centre, torch.where(use.view(-1, 1, 1), lattice_prev, lattice)
+        use_atoms = use[batch_idx].unsqueeze(-1)
+        centre = torch.where(use_atoms, x_prev, x)
+        lattice_centre = torch.where(use.view(-1, 1, 1), lattice_prev, lattice)
+        type_centre = one_hot
+        if self.dng:
+            type_centre = torch.where(use_atoms, torch.softmax(logits, dim=-1), one_hot)
+        return centre, lattice_centre, type_centre
 
     @torch.no_grad()
     def sample(
