@@ -9,7 +9,10 @@ All comparisons run side by side in this one invocation (the machine is noisy):
 4. driver    - the driver's CPU per work unit (what bounds a 64-GPU cluster): in the sampling
                runs, and at thousands of units with one Ray task per unit vs the default
                grouping of units into tasks;
-5. training  - two single-threaded Ray Train workers vs one (crystals/s, same per-worker batch).
+5. training  - two single-threaded Ray Train workers vs one (crystals/s, same per-worker batch);
+6. storage   - the same campaign written to local disk and to an S3-compatible server on
+               127.0.0.1 (moto, in this process), runs alternated; plus the write of one unit
+               file alone to each, to show what a unit costs on object storage.
 
     python benchmarks/bench_ray.py
 """
@@ -190,6 +193,56 @@ def driver_cost(tmp: Path, unit_counts: list[int]) -> dict:
     return out
 
 
+def storage_throughput(tmp: Path, samples: int, repeats: int, common: tuple, writes: int) -> dict:
+    """Local disk vs object storage, same campaign, runs alternated so drift hits both."""
+    import os
+    import statistics
+
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3_server import S3Server
+
+    from crysray.storage import Storage
+
+    with S3Server() as server:
+        os.environ.update(server.environment())  # the job subprocesses reach this server only
+        bucket = server.new_bucket()
+        runs: dict[str, list[dict]] = {"local": [], "s3": []}
+        for r in range(repeats):
+            order = ("local", "s3") if r % 2 == 0 else ("s3", "local")
+            for where in order:
+                out = tmp / f"storage-{r}" if where == "local" else bucket.url(f"storage-{r}")
+                runs[where].append(mass_sample(out, samples, 1, *common))
+        unit = pq.read_table(next((tmp / "storage-0" / "data").glob("*.parquet")))
+        write_ms = {}
+        for where, store in (
+            ("local", Storage(tmp / "writes")),
+            ("s3", Storage(bucket.url("writes"))),
+        ):
+            times = []
+            for i in range(writes):
+                start = time.perf_counter()
+                store.write_table(f"data/unit-{i:08d}.parquet", unit)
+                times.append(time.perf_counter() - start)
+            write_ms[where] = 1000 * statistics.median(times)
+
+    def median(where: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[where])
+
+    return {
+        "runs": runs,
+        "samples": samples,
+        "unit_rows": unit.num_rows,
+        "unit_bytes": unit.nbytes,
+        "s3_over_local": median("s3", "crystals_per_second")
+        / median("local", "crystals_per_second"),
+        "steady_s3_over_local": median("s3", "steady_crystals_per_second")
+        / median("local", "steady_crystals_per_second"),
+        "unit_write_ms": write_ms,
+    }
+
+
 def train_throughput(workers: int, per_worker_batch: int, steps: int, tmp: Path) -> dict:
     cmd = [
         PY,
@@ -233,8 +286,14 @@ def main() -> int:
         "--driver-units", type=int, nargs=2, default=[300, 3000], help="units of the driver runs"
     )
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=["sampling", "memory", "driver", "training"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["sampling", "memory", "driver", "training", "storage"],
     )
+    p.add_argument("--storage-samples", type=int, default=3072)
+    p.add_argument("--storage-repeats", type=int, default=4, help="runs on each storage")
+    p.add_argument("--unit-writes", type=int, default=50, help="single unit writes timed")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ray.json")
     args = p.parse_args()
     record = {
@@ -284,6 +343,11 @@ def main() -> int:
             "two_over_one": t2["crystals_per_second"] / t1["crystals_per_second"],
         }
         print(json.dumps(record["training"], indent=1), flush=True)
+    if "storage" not in args.skip:
+        record["storage"] = storage_throughput(
+            tmp, args.storage_samples, args.storage_repeats, common, args.unit_writes
+        )
+        print(json.dumps(record["storage"], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
     return 0

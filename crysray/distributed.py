@@ -8,7 +8,6 @@ Kept out of crysray's library modules (which never import Ray) and out of the jo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import ray
@@ -25,7 +24,7 @@ from crysray.filter.campaign import (
 )
 from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import merge_counts
-from crysray.storage import Storage, is_url
+from crysray.storage import Storage
 
 # hash partitions of the formula shuffle: Ray Data's default, fewer for a run of fewer units
 # (each partition costs a task even when it holds nothing)
@@ -43,24 +42,22 @@ def funnel_resources(cluster: dict, replicas: int, cpus=None, gpus=None) -> tupl
 def add_funnel_stage(
     dataset,
     config: FunnelConfig,
-    run_dir: str | Path,
+    store: Storage,
     replicas: int,
     cpus: float | None = None,
     gpus: float | None = None,
 ):
-    """Append the funnel actor pool to a Ray Data pipeline of ``{"unit": ...}`` rows."""
+    """Append the funnel actor pool to a Ray Data pipeline of ``{"unit": ...}`` rows.
+
+    The actors open the run by ``store.location``: an absolute path or a URL, which any node
+    can open (the URL holds no credentials)."""
     cpus, gpus = funnel_resources(ray.cluster_resources(), replicas, cpus, gpus)
     return dataset.map_batches(
         FunnelUnitWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=replicas),
         num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
-        fn_constructor_kwargs={"run_dir": _absolute(run_dir), "config": config.as_dict(),
+        fn_constructor_kwargs={"run_dir": store.location, "config": config.as_dict(),
                                "torch_threads": max(1, int(cpus))},
     )  # fmt: skip
-
-
-def _absolute(run_dir: str | Path) -> str:
-    """What actors on any node can open: an absolute path, or the URL as it is."""
-    return str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())
 
 
 def decide_run_distributed(store: Storage) -> dict:
@@ -83,7 +80,7 @@ def decide_run_distributed(store: Storage) -> dict:
     ).union(rows.map_batches(undecided_rows, batch_format="pyarrow"))
     parts = decided.map_batches(
         _write_shard, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"location": _absolute(store.location)},
+        fn_kwargs={"location": store.location},
     )  # fmt: skip
     return merge_counts([json.loads(row["counts"]) for row in parts.iter_rows()])
 

@@ -78,7 +78,7 @@ def run(args) -> dict:
         stage = add_funnel_stage(
             units,
             config,
-            run_dir.location,
+            run_dir,
             args.funnel_replicas,
             args.funnel_cpus,
             args.funnel_gpus,

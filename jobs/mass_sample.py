@@ -354,7 +354,7 @@ def run(args) -> dict:
             summaries = add_funnel_stage(
                 summaries,
                 config,
-                args.store.location,
+                args.store,
                 args.funnel_replicas,
                 args.funnel_cpus,
                 args.funnel_gpus,

@@ -198,9 +198,7 @@ class CrysBFN(GenerativeMethod):
         t = prev.float() / steps
         lattice_in = self.lattice_flow.draw(lattice, t.view(-1, 1, 1), generator)
         types_in = self._type_input(batch, one_hot, t, generator)
-        x_prev, lattice_prev, logits = self.denoiser(
-            types_in, m, u, t, lattice_in, batch.num_atoms
-        )
+        x_prev, lattice_prev, logits = self.denoiser(types_in, m, u, t, lattice_in, batch.num_atoms)
         coin = torch.rand(step.shape, generator=generator, device=device)
         use = (step >= 2) & (coin < self.config.method.rollout_prob)
         use_atoms = use[batch_idx].unsqueeze(-1)
