@@ -31,7 +31,7 @@ from scipy.stats import wasserstein_distance
 from crysray.atomic import atomic_path
 from crysray.data.csv import dataset_path, load_split
 from crysray.eval.validity import structure_validity
-from crysray.filter.composition import composition_of, composition_validity, too_many_elements
+from crysray.filter.composition import composition_check, composition_of
 from crysray.filter.uniqueness import TrainingSet, novelty, uniqueness
 from crysray.paths import default_cache_dir
 
@@ -163,10 +163,11 @@ def dng_metrics(
     struct_ok = np.array(
         [s is not None and structure_validity(s.lattice.matrix, s.frac_coords) for s in generated]
     )
-    comp_ok = np.array(
-        [s is not None and composition_validity(np.array(s.atomic_numbers)) for s in generated]
-    )
-    unchecked = sum(s is not None and too_many_elements(s.composition) for s in generated)
+    checks = [
+        composition_check(np.array(s.atomic_numbers)) if s is not None else False for s in generated
+    ]
+    comp_ok = np.array([bool(c) for c in checks])
+    unchecked = checks.count(None)
     valid = struct_ok & comp_ok
     gen_s, gen_c, _ = fingerprints(generated, workers)
     ref_s, ref_c = reference_fingerprints(list(test), workers)

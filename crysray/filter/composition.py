@@ -22,7 +22,7 @@ CDVAE_OXIDATION_STATES = "smact14"
 # exponentially with the number of elements, and the many-element cells of a barely trained
 # model kept one evaluation busy for over half an hour. The datasets' cells have at most 6
 # elements (MP-20 samples here; Perov-5: 5); beyond 8 a composition is not checked and counts
-# as invalid (see ``too_many_elements``).
+# as invalid (``composition_check`` returns None).
 MAX_ELEMENTS_CHECKED = 8
 
 
@@ -37,19 +37,21 @@ def composition_validity(
 ) -> bool:
     """True iff the composition of atomic numbers (n,) passes SMACT; never raises. Cells of more
     than MAX_ELEMENTS_CHECKED elements are not checked and count as invalid."""
+    return bool(composition_check(numbers, oxidation_states_set))
+
+
+def composition_check(
+    numbers: np.ndarray, oxidation_states_set: str = CDVAE_OXIDATION_STATES
+) -> bool | None:
+    """SMACT's verdict on the composition of atomic numbers (n,), or None when it is not asked:
+    more than MAX_ELEMENTS_CHECKED elements (what the funnel counts as not checked)."""
     try:
         composition = composition_of(numbers)
     except (ValueError, KeyError):
         return False  # Z outside the periodic table
-    if too_many_elements(composition):
-        return False
+    if len(composition.elements) > MAX_ELEMENTS_CHECKED:
+        return None
     return _smact_valid(composition.formula, oxidation_states_set)
-
-
-def too_many_elements(composition: Composition) -> bool:
-    """More elements than SMACT is asked to check (MAX_ELEMENTS_CHECKED); such a composition
-    is counted invalid without a check."""
-    return len(composition.elements) > MAX_ELEMENTS_CHECKED
 
 
 @functools.lru_cache(maxsize=65536)

@@ -30,7 +30,9 @@ def funnel_counts(table: pa.Table) -> dict:
     Returns:
         total: rows; passed: stage -> rows passing that stage alone; funnel: stage -> rows
         passing it and every earlier stage that ran; relax_status / hull_status: value ->
-        rows; sun, sun_fraction: stable & unique & novel rows and their share of all rows;
+        rows; composition_not_checked: rows whose composition SMACT was not asked about (too
+        many elements; they fail the composition stage); sun, sun_fraction: stable & unique &
+        novel rows and their share of all rows;
         hull, stable_on_thin_hull: the hull used and how many stable calls rest on fewer than
         FEW_REFERENCE_PHASES reference compounds (calls a user should treat as guesses).
     """
@@ -44,6 +46,8 @@ def funnel_counts(table: pa.Table) -> dict:
             running &= ok
             passed[stage], funnel[stage] = int(ok.sum()), int(running.sum())
     counts = {"total": n, "passed": passed, "funnel": funnel}
+    if "pass_composition" in table.column_names:
+        counts["composition_not_checked"] = table["pass_composition"].null_count
     for column in ("relax_status", "hull_status"):
         if column in table.column_names:
             counts[column] = dict(Counter(v for v in table[column].to_pylist() if v is not None))
@@ -67,6 +71,8 @@ def merge_counts(parts: list[dict]) -> dict:
     for key in ("passed", "funnel", "relax_status", "hull_status"):
         if parts and key in parts[0]:
             counts[key] = _add(p[key] for p in parts)
+    if parts and "composition_not_checked" in parts[0]:
+        counts["composition_not_checked"] = sum(p["composition_not_checked"] for p in parts)
     if parts and "hull" in parts[0]:
         names = {n for p in parts for n in p["hull"].split(",") if n}
         counts["hull"] = ",".join(sorted(names))

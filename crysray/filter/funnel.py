@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from crysray.eval.validity import structure_validity
-from crysray.filter.composition import composition_of, composition_validity
+from crysray.filter.composition import composition_check, composition_of
 from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import FLAGS, STAGES, bools, funnel_counts
 from crysray.filter.energy import ElementalReferences, corrected_energy
@@ -115,9 +115,11 @@ def _structure_stage(run: _Run) -> dict:
 
 
 def _composition_stage(run: _Run) -> dict:
+    """SMACT's verdict; null where it was not asked (too many elements), which fails the stage
+    and is counted as ``composition_not_checked``."""
     return {
         "pass_composition": pa.array(
-            [r is not None and composition_validity(r[2]) for r in run.rows]
+            [composition_check(r[2]) if r is not None else False for r in run.rows], pa.bool_()
         )
     }
 

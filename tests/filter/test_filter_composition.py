@@ -10,10 +10,11 @@ from pymatgen.core import Composition
 from crysray.data.csv import dataset_path
 from crysray.filter.composition import (
     MAX_ELEMENTS_CHECKED,
+    composition_check,
     composition_of,
     composition_validity,
-    too_many_elements,
 )
+from crysray.filter.counts import funnel_counts, merge_counts
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,26 @@ def test_mp20_share_matches_the_literature():
 def test_cells_of_too_many_elements_are_counted_invalid_without_a_check():
     """SMACT's search is exponential in the number of elements: past the limit, no check."""
     many = np.array([3, 8, 11, 12, 13, 14, 15, 16, 17, 19, 20, 26][: MAX_ELEMENTS_CHECKED + 1])
-    assert too_many_elements(composition_of(many))
+    assert len(composition_of(many).elements) == MAX_ELEMENTS_CHECKED + 1
+    assert composition_check(many) is None
     assert composition_validity(many) is False
     at_limit = many[:MAX_ELEMENTS_CHECKED]
-    assert not too_many_elements(composition_of(at_limit))
+    assert composition_check(at_limit) in (True, False)
+
+
+def test_funnel_counts_the_compositions_not_checked():
+    """A null pass_composition (not checked) fails the stage and is counted, also when the
+    counts of a run are merged from its units."""
+    import pyarrow as pa
+
+    part = pa.table(
+        {
+            "pass_structure": [True, True, True, False],
+            "pass_composition": pa.array([True, None, False, None], pa.bool_()),
+        }
+    )
+    counts = funnel_counts(part)
+    assert counts["composition_not_checked"] == 2
+    assert counts["passed"]["composition"] == 1 and counts["funnel"]["composition"] == 1
+    merged = merge_counts([counts, funnel_counts(part.slice(0, 2))])
+    assert merged["composition_not_checked"] == 3
