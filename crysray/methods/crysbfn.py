@@ -14,7 +14,9 @@ end-back sampling centres theta_{i-1} on the network's own step i-1 prediction, 
 first steps is far from any crystal (and whose lattice is exactly 0 after step 1), while the
 loss only ever centres it on the truth. With rollout a share of crystals gets theta_{i-1} drawn
 around the prediction made from theta_{i-2} (one extra forward pass without gradient), so the
-network learns the inputs it meets when sampling. The target is still the truth.
+network learns the inputs it meets when sampling. The target is still the truth. In DNG the
+type flow of those crystals is centred on the predicted type probabilities, as the sampler
+centres it; there rollout is what keeps atoms apart (README, "De novo generation").
 
 Every draw happens on the model's device with the caller's generator (which must live there).
 """
