@@ -71,8 +71,8 @@ def merge_counts(parts: list[dict]) -> dict:
     for key in ("passed", "funnel", "relax_status", "hull_status"):
         if parts and key in parts[0]:
             counts[key] = _add(p[key] for p in parts)
-    if parts and "composition_not_checked" in parts[0]:
-        counts["composition_not_checked"] = sum(p["composition_not_checked"] for p in parts)
+    if any("composition_not_checked" in p for p in parts):
+        counts["composition_not_checked"] = sum(p.get("composition_not_checked", 0) for p in parts)
     if parts and "hull" in parts[0]:
         names = {n for p in parts for n in p["hull"].split(",") if n}
         counts["hull"] = ",".join(sorted(names))
