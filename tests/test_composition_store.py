@@ -172,7 +172,11 @@ def test_driver_and_reader_memory_do_not_grow_with_the_list(tmp_path):
     # (about 1.5 GB); the allocator settles after a few chunks, so allow a bounded step
     assert big["driver_growth_mb"] < 4 * small["driver_growth_mb"]
     assert big["driver_peak_rss_mb"] < small["driver_peak_rss_mb"] + 150
-    assert big["reader_growth_mb"] < small["reader_growth_mb"] + 50
+    # an actor holding the list would need ~340 MB more at 1M (a Python object, a string and
+    # an array per formula); what it holds is two cached row groups, plus the pages Arrow's
+    # allocator keeps after reading 200 of them (30-60 MB, varying from run to run; at 50k
+    # there is one group and nothing is re-read)
+    assert big["reader_peak_rss_mb"] < small["reader_peak_rss_mb"] + 100
     # what an actor receives: the same few bytes, whatever the list's length (the count's
     # digits aside)
     assert big["shipped_bytes"] < 300 and abs(big["shipped_bytes"] - small["shipped_bytes"]) < 8

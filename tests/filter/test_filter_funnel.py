@@ -69,6 +69,7 @@ EXPECTED_COUNTS = {
     "total": 9,
     "passed": {"structure": 6, "composition": 7, "unique": 5, "novel": 5, "relax": 3, "hull": 3},
     "funnel": {"structure": 6, "composition": 5, "unique": 4, "novel": 3, "relax": 3, "hull": 3},
+    "composition_not_checked": 0,
     "relax_status": {"converged": 3},
     "hull_status": {"ok": 3},
     "hull": "local",
