@@ -174,9 +174,9 @@ def test_driver_and_reader_memory_do_not_grow_with_the_list(tmp_path):
     assert big["driver_peak_rss_mb"] < small["driver_peak_rss_mb"] + 150
     # an actor holding the list would need ~340 MB more at 1M (a Python object, a string and
     # an array per formula); what it holds is two cached row groups, plus the pages Arrow's
-    # allocator keeps after reading 200 of them (30-60 MB, varying from run to run; at 50k
-    # there is one group and nothing is re-read)
-    assert big["reader_peak_rss_mb"] < small["reader_peak_rss_mb"] + 100
+    # allocator keeps after reading 200 of them (60-90 MB more than at 50k, varying from run to
+    # run; at 50k there is one group and nothing is re-read)
+    assert big["reader_peak_rss_mb"] < small["reader_peak_rss_mb"] + 150
     # what an actor receives: the same few bytes, whatever the list's length (the count's
     # digits aside)
     assert big["shipped_bytes"] < 300 and abs(big["shipped_bytes"] - small["shipped_bytes"]) < 8
