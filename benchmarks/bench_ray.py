@@ -200,9 +200,7 @@ def storage_throughput(tmp: Path, samples: int, repeats: int, common: tuple, wri
 
     import pyarrow.parquet as pq
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from s3_server import S3Server
-
+    from crysray.s3_testing import S3Server
     from crysray.storage import Storage
 
     with S3Server() as server:

@@ -24,6 +24,7 @@ from crysray.filter.campaign import (
 )
 from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import merge_counts
+from crysray.sample.schema import STRUCTURE_COLUMNS
 from crysray.storage import Storage
 
 # hash partitions of the formula shuffle: Ray Data's default, fewer for a run of fewer units
@@ -63,21 +64,25 @@ def add_funnel_stage(
 def decide_run_distributed(store: Storage) -> dict:
     """Run-wide uniqueness as a Ray Data stage; a ``decide_run`` for ``finalize_run``.
 
-    Reads only the columns uniqueness and the counts need from the per-unit funnel files,
-    shuffles the candidates by reduced formula so that one task decides each formula group
-    (``decide_formula_group``, as the one-process path does), and writes the decisions as
-    shards under ``funnel/unique/`` from the tasks. The driver receives one small dict of
-    counts per block, never rows.
+    Reads only the columns uniqueness and the counts need from the per-unit funnel files (the
+    structure columns once), shuffles the candidates by reduced formula so that one task
+    decides each formula group (``decide_formula_group``, as the one-process path does), and
+    writes the decisions as shards under ``funnel/unique/`` from the tasks. The driver
+    receives one small dict of counts per block, never rows.
     """
     keys = [funnel_key(u) for u in filtered_units(store)]
     columns = uniqueness_columns(store.dataset(keys[:1]).schema)
     paths = [store.path(k) for k in keys]
-    rows = ray.data.read_parquet(paths, filesystem=store.fs).select_columns(columns)
+    candidates = ray.data.read_parquet(paths, filesystem=store.fs, columns=columns)
+    # the rest are decided without their structures: the second read skips the bulky columns
+    rest = ray.data.read_parquet(
+        paths, filesystem=store.fs, columns=[c for c in columns if c not in STRUCTURE_COLUMNS]
+    )
     decided = (
-        rows.map_batches(candidate_rows, batch_format="pyarrow")
+        candidates.map_batches(candidate_rows, batch_format="pyarrow")
         .groupby("formula", num_partitions=min(len(keys), MAX_FORMULA_PARTITIONS))
         .map_groups(decide_formula_group, batch_format="pyarrow")
-    ).union(rows.map_batches(undecided_rows, batch_format="pyarrow"))
+    ).union(rest.map_batches(undecided_rows, batch_format="pyarrow"))
     parts = decided.map_batches(
         _write_shard, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"location": store.location},

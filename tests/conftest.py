@@ -65,7 +65,7 @@ def formulas_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    from s3_server import S3Server
+    from crysray.s3_testing import S3Server
 
     with S3Server() as server:
         yield server

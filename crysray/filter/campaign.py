@@ -26,7 +26,7 @@ from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import FLAGS, STAGES, bools, funnel_counts
 from crysray.filter.uniqueness import uniqueness
 from crysray.sample.campaign import RunDirectoryError, finished_units, unit_key, unit_name, unit_of
-from crysray.sample.schema import read_samples, rows_to_structures
+from crysray.sample.schema import STRUCTURE_COLUMNS, read_samples, rows_to_structures
 from crysray.storage import Location, Storage, storage_of
 
 FUNNEL_DIR = "funnel"
@@ -36,8 +36,7 @@ UNIQUE_DIR = f"{FUNNEL_DIR}/unique"  # decision shards: sample_id, unique, dupli
 LEGACY_UNIQUE_FILE = f"{FUNNEL_DIR}/unique.parquet"
 DECISIONS = ("sample_id", "unique", "duplicate_of")
 # what deciding a row needs: who it is, its group, whether it is a candidate, its structure
-DECISION_INPUTS = ("sample_id", "formula", "pass_structure", "atomic_numbers", "frac_coords",
-                   "lattice")  # fmt: skip
+DECISION_INPUTS = ("sample_id", "formula", "pass_structure", *STRUCTURE_COLUMNS)
 COUNTED_COLUMNS = ("relax_status", "hull_status", "hull_reference", "hull_reference_phases")
 
 

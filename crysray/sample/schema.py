@@ -43,6 +43,8 @@ from crysray.storage import locate_files
 from crysray.types import CrystalBatch
 
 SCHEMA_VERSION = 2
+# the columns a pymatgen Structure is built from
+STRUCTURE_COLUMNS = ("atomic_numbers", "frac_coords", "lattice")
 
 SCHEMA = pa.schema(
     [
@@ -191,9 +193,9 @@ def rows_to_structures(table) -> list[Structure | None]:
     paths or URLs, as ``read_samples`` takes).
     """
     if not isinstance(table, pa.Table):
-        table = read_samples(table, columns=["atomic_numbers", "frac_coords", "lattice"])
+        table = read_samples(table, columns=list(STRUCTURE_COLUMNS))
     out = []
-    for row in table.select(["atomic_numbers", "frac_coords", "lattice"]).to_pylist():
+    for row in table.select(list(STRUCTURE_COLUMNS)).to_pylist():
         lattice = np.asarray(row["lattice"]).reshape(3, 3)
         if not np.isfinite(lattice).all() or abs(np.linalg.det(lattice)) < 1e-8:
             out.append(None)
