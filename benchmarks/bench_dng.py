@@ -36,6 +36,7 @@ from crysray.eval.run_dng import evaluate_dng
 from crysray.sample.compositions import table_compositions
 from crysray.sample.sampler import CrystalSampler
 from crysray.sample.targets import AtomCountTargets
+from crysray.train.checkpoint import checkpoint_hash
 
 RESULTS = REPO / "benchmarks" / "results" / "dng.jsonl"
 THROUGHPUT = REPO / "benchmarks" / "results" / "dng_throughput.jsonl"
@@ -114,7 +115,7 @@ def dng_table(rows: list[dict]) -> str:
     for r in rows:
         sun = f"{r['sun_rate']:.2%} ({r['sun_samples']})" if "sun_rate" in r else "-"
         lines.append(
-            f"| {r['label']} | {r['dataset']} | {r['sampler_options']['sampler']} | "
+            f"| {_model_label(r)} | {r['dataset']} | {r['sampler_options']['sampler']} | "
             f"{r['steps']} | {r['n']} | {r['structure_validity']:.2%} | "
             f"{r['composition_validity']:.2%} | {r['cov_recall']:.2%} | "
             f"{r['cov_precision']:.2%} | {r['wdist_density']:.4f} | "
@@ -122,6 +123,15 @@ def dng_table(rows: list[dict]) -> str:
             f"{sun} | {r['crystals_per_second']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _model_label(record: dict) -> str:
+    """The record's label, in bold when its checkpoint is the file shipped now, marked as an
+    earlier checkpoint when the file has changed since (the hash tells)."""
+    path = _path(record["checkpoint"])
+    if path.is_file() and checkpoint_hash(path) == record["checkpoint_hash"]:
+        return f"**{record['label']}**"
+    return f"{record['label']} (earlier checkpoint {record['checkpoint_hash'][:8]})"
 
 
 def throughput_table(rows: list[dict]) -> str:
