@@ -73,10 +73,11 @@ def decide_run_distributed(store: Storage) -> dict:
     keys = [funnel_key(u) for u in filtered_units(store)]
     columns = uniqueness_columns(store.dataset(keys[:1]).schema)
     paths = [store.path(k) for k in keys]
-    candidates = ray.data.read_parquet(paths, filesystem=store.fs, columns=columns)
-    # the rest are decided without their structures: the second read skips the bulky columns
-    rest = ray.data.read_parquet(
-        paths, filesystem=store.fs, columns=[c for c in columns if c not in STRUCTURE_COLUMNS]
+    # Ray Data pushes each selection down into the Parquet read; the rest are decided without
+    # their structures, so the second read skips the bulky columns
+    candidates = ray.data.read_parquet(paths, filesystem=store.fs).select_columns(columns)
+    rest = ray.data.read_parquet(paths, filesystem=store.fs).select_columns(
+        [c for c in columns if c not in STRUCTURE_COLUMNS]
     )
     decided = (
         candidates.map_batches(candidate_rows, batch_format="pyarrow")
