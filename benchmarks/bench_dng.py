@@ -20,6 +20,7 @@ counts from the DNG checkpoint. Appends to ``--throughput-out``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -128,10 +129,16 @@ def dng_table(rows: list[dict]) -> str:
 def _model_label(record: dict) -> str:
     """The record's label, in bold when its checkpoint is the file shipped now, marked as an
     earlier checkpoint when the file has changed since (the hash tells)."""
-    path = _path(record["checkpoint"])
-    if path.is_file() and checkpoint_hash(path) == record["checkpoint_hash"]:
+    if _current_hash(record["checkpoint"]) == record["checkpoint_hash"]:
         return f"**{record['label']}**"
     return f"{record['label']} (earlier checkpoint {record['checkpoint_hash'][:8]})"
+
+
+@functools.cache
+def _current_hash(checkpoint: str) -> str | None:
+    """Hash of the checkpoint file as it is now (read once per file, however many rows)."""
+    path = _path(checkpoint)
+    return checkpoint_hash(path) if path.is_file() else None
 
 
 def throughput_table(rows: list[dict]) -> str:
