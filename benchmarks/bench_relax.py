@@ -24,7 +24,8 @@ from crysray.data.csv import dataset_path, load_split
 from crysray.filter.graphs import evaluate, node_types
 from crysray.filter.potential import load_potential, model_name
 from crysray.filter.relax import relax_batch
-from crysray.filter.relax_ase import relax_one_by_one, to_structures
+from crysray.filter.relax_ase import relax_one_by_one
+from crysray.structures import arrays_to_structures
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,7 +76,7 @@ def evaluation_speedup(potential, lattices, fracs, numbers, repeats: int = 3) ->
     types = [node_types(potential, z) for z in numbers]
     cells = torch.from_numpy(lattices)
     calculator = PESCalculator(potential, stress_unit="eV/A3")
-    atoms = [AseAtomsAdaptor.get_atoms(s) for s in to_structures(lattices, fracs, numbers)]
+    atoms = [AseAtomsAdaptor.get_atoms(s) for s in arrays_to_structures(lattices, fracs, numbers)]
 
     def one_by_one():
         for a in atoms:
@@ -90,14 +91,18 @@ def evaluation_speedup(potential, lattices, fracs, numbers, repeats: int = 3) ->
 
 
 def main(
-    n: int = 32, fmax: float = 0.05, max_steps: int = 500, max_atoms: int = 2000, threads: int = 1
+    n: int = 32,
+    fmax: float = 0.05,
+    relax_steps: int = 500,
+    max_atoms_per_batch: int = 2000,
+    threads: int = 1,
 ) -> dict:
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")
     potential = load_potential()
     lattices, fracs, numbers = perturbed_test_crystals(n)
     n_atoms = np.array([len(z) for z in numbers])
-    print(f"{n} crystals, {n_atoms.sum()} atoms, fmax {fmax} eV/A, <= {max_steps} steps")
+    print(f"{n} crystals, {n_atoms.sum()} atoms, fmax {fmax} eV/A, <= {relax_steps} steps")
     batched, t_batch = timed(
         lambda: relax_batch(
             potential,
@@ -105,13 +110,13 @@ def main(
             fracs,
             numbers,
             fmax=fmax,
-            max_steps=max_steps,
-            max_atoms_per_batch=max_atoms,
+            relax_steps=relax_steps,
+            max_atoms_per_batch=max_atoms_per_batch,
         )
     )
-    structures = to_structures(lattices, fracs, numbers)
+    structures = arrays_to_structures(lattices, fracs, numbers)
     single, t_single = timed(
-        lambda: relax_one_by_one(structures, potential, fmax=fmax, max_steps=max_steps)
+        lambda: relax_one_by_one(structures, potential, fmax=fmax, relax_steps=relax_steps)
     )
     diff = np.abs(batched.energy - single.energy) / n_atoms
     report = {
@@ -119,8 +124,8 @@ def main(
         "n_crystals": n,
         "n_atoms": int(n_atoms.sum()),
         "fmax": fmax,
-        "max_steps": max_steps,
-        "max_atoms_per_batch": max_atoms,
+        "relax_steps": relax_steps,
+        "max_atoms_per_batch": max_atoms_per_batch,
         "torch_threads": torch.get_num_threads(),
         "device": str(next(potential.parameters()).device),
         "machine": platform.processor() or platform.machine(),
@@ -148,8 +153,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--fmax", type=float, default=0.05)
-    parser.add_argument("--max-steps", type=int, default=500)
-    parser.add_argument("--max-atoms", type=int, default=2000)
+    parser.add_argument("--relax-steps", type=int, default=500)
+    parser.add_argument("--max-atoms-per-batch", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both relaxers")
     args = parser.parse_args()
-    main(args.n, args.fmax, args.max_steps, args.max_atoms, args.threads)
+    main(args.n, args.fmax, args.relax_steps, args.max_atoms_per_batch, args.threads)

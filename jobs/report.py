@@ -48,7 +48,7 @@ def load_rows(run):
 def space_groups(table, limit: int) -> Counter:
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from crysray.sample.schema import rows_to_structures
+    from crysray.structures import rows_to_structures
 
     valid = table.filter(table["valid_structure"]).slice(0, limit)
     counts = Counter()

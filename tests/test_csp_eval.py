@@ -11,8 +11,12 @@ from pymatgen.core import Lattice, Structure
 
 from crysray.data.csv import dataset_path
 from crysray.eval.csp import MATCHER, STOL, close_atoms_share, match_rate_rmse, tightness
-from crysray.eval.validity import min_interatomic_distance, structure_validity
-from crysray.structures import canonical_structure, parse_cif
+from crysray.structures import (
+    canonical_structure,
+    min_interatomic_distance,
+    parse_cif,
+    structure_validity,
+)
 
 
 def _structures(name: str, split: str, n: int) -> list[Structure]:

@@ -393,7 +393,8 @@ def test_a_unit_that_keeps_failing_is_given_up_and_the_rest_finishes(
 def test_rows_turn_back_into_structures_and_files(tiny_checkpoint, formulas_file, tmp_path):
     from crysray.sample.compositions import read_compositions
     from crysray.sample.sampler import CrystalSampler
-    from crysray.sample.schema import rows_to_structures, write_structures
+    from crysray.sample.schema import write_structures
+    from crysray.structures import rows_to_structures
 
     table = CrystalSampler(str(tiny_checkpoint), steps=3, threads=1).sample_unit(
         0, 0, read_compositions(formulas_file)
@@ -403,8 +404,9 @@ def test_rows_turn_back_into_structures_and_files(tiny_checkpoint, formulas_file
         "formula"
     ).to_pylist()
     assert write_structures(table, tmp_path / "cif") == 4
+    names = zip(table.column("sample_id").to_pylist(), table.column("formula").to_pylist())
     assert sorted(p.stem for p in (tmp_path / "cif").glob("*.cif")) == sorted(
-        table.column("sample_id").to_pylist()
+        f"{sid}_{formula}" for sid, formula in names
     )
     assert write_structures(table, tmp_path / "xyz", fmt="extxyz") == 4
     from ase.io import read

@@ -12,8 +12,7 @@ from crysray.eval.csp import match_rate_rmse
 from crysray.methods.registry import method_class
 from crysray.sample.compositions import table_compositions
 from crysray.sample.sampler import CrystalSampler
-from crysray.sample.schema import rows_to_structures
-from crysray.structures import batch_to_structures
+from crysray.structures import batch_to_structures, rows_to_structures
 from crysray.train.checkpoint import export_inference, load_model
 from crysray.train.loop import train
 

@@ -11,8 +11,9 @@ from support import REPO
 
 from crysray.filter.campaign import read_decisions
 from crysray.s3_testing import DUMMY_KEYS
-from crysray.sample.schema import read_samples, rows_to_structures
+from crysray.sample.schema import read_samples
 from crysray.storage import Storage
+from crysray.structures import rows_to_structures
 
 SHIPPED = REPO / "checkpoints" / "crysbfn_perov5.pt"
 
@@ -145,5 +146,6 @@ def test_funnel_and_report_read_and_write_an_s3_run(s3_bucket):
     for png in data["plots"]:
         assert store.read_bytes(png)[:4] == b"\x89PNG"
     assert_no_credentials_stored(s3_bucket, "perov")
-    structures = rows_to_structures([s3_bucket.url("perov/data/unit-00000000.parquet")])
+    unit = s3_bucket.url("perov/data/unit-00000000.parquet")
+    structures = rows_to_structures(read_samples([unit]))
     assert len(structures) == 4

@@ -144,3 +144,74 @@ def test_right_angle_niggli_ambiguity_is_resolved():
     np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-6)
     assert a.lattice.angles[1] == pytest.approx(90.1)  # the all-obtuse choice
     assert StructureMatcher().fit(a, b)
+
+
+def _rows(lattices, fracs, numbers, **extra):
+    import pyarrow as pa
+
+    columns = {
+        "sample_id": [f"0-0-{i}" for i in range(len(numbers))],
+        "formula": ["X"] * len(numbers),
+        "atomic_numbers": pa.array(numbers, pa.list_(pa.int16())),
+        "frac_coords": pa.array(fracs, pa.list_(pa.float64())),
+        "lattice": pa.array(lattices, pa.list_(pa.float64())),
+    }
+    return pa.table({**columns, **extra})
+
+
+def test_codec_rows_arrays_structures_round_trip():
+    """Row -> arrays -> Structure keeps every number; malformed rows are None, not errors."""
+    from crysray.structures import row_arrays, rows_to_structures
+
+    rock_salt = [0.0, 0, 0, 0.5, 0.5, 0.5]
+    cubic = list(np.diag([4.0, 4.0, 4.0]).reshape(-1))
+    table = _rows(
+        [cubic, cubic, cubic, [0.0] * 9, None, cubic],
+        [rock_salt, rock_salt[:3], rock_salt, rock_salt, rock_salt, [0.0, 0, 0, 0.02, 0, 0]],
+        [[11, 17], [11, 17], [0, 17], [11, 17], [11, 17], [8, 8]],
+    )
+    structures = rows_to_structures(table)
+    assert structures[0].composition.reduced_formula == "NaCl"
+    np.testing.assert_array_equal(structures[0].frac_coords, np.reshape(rock_salt, (2, 3)))
+    np.testing.assert_array_equal(structures[0].lattice.matrix, np.diag([4.0] * 3))
+    # wrong length, Z = 0, singular lattice, null lattice: not buildable
+    assert structures[1:5] == [None] * 4
+    assert row_arrays(table.slice(1, 1).to_pylist()[0]) is None
+    # buildable but not struct-valid (0.08 A apart): built, unless only valid rows are asked for
+    assert structures[5] is not None
+    assert rows_to_structures(table, valid_only=True)[5] is None
+    assert rows_to_structures(table, valid_only=True)[0] is not None
+
+
+def test_codec_validity_rule_is_the_sample_rows_rule(tiny_checkpoint, formulas_file):
+    """valid_structure written by the sampler == the codec's rule on the same rows."""
+    from crysray.sample.compositions import read_compositions
+    from crysray.sample.sampler import CrystalSampler
+    from crysray.structures import arrays_valid, table_arrays
+
+    table = CrystalSampler(str(tiny_checkpoint), steps=2, threads=1).sample_unit(
+        0, 0, read_compositions(formulas_file)
+    )
+    assert [arrays_valid(a) for a in table_arrays(table)] == table["valid_structure"].to_pylist()
+
+
+def test_write_structures_takes_the_relaxed_cell_when_the_funnel_ran(tmp_path):
+    """Funnel rows write their relaxed crystals, named by sample_id and formula; rows that were
+    not relaxed are left out."""
+    import pyarrow as pa
+
+    from crysray.sample.schema import write_structures
+
+    rock_salt = [0.0, 0, 0, 0.5, 0.5, 0.5]
+    table = _rows(
+        [list(np.diag([4.0] * 3).reshape(-1))] * 2, [rock_salt] * 2, [[11, 17], [11, 17]],
+        relaxed_lattice=pa.array([list(np.diag([5.6] * 3).reshape(-1)), None],
+                                 pa.list_(pa.float64())),
+        relaxed_frac_coords=pa.array([rock_salt, None], pa.list_(pa.float64())),
+    )  # fmt: skip
+    table = table.set_column(1, "formula", pa.array(["NaCl", "NaCl"]))
+    assert write_structures(table, tmp_path / "relaxed") == 1
+    written = Structure.from_file(tmp_path / "relaxed" / "0-0-0_NaCl.cif")
+    assert written.lattice.a == pytest.approx(5.6)
+    assert write_structures(table, tmp_path / "raw", relaxed=False) == 2
+    assert Structure.from_file(tmp_path / "raw" / "0-0-1_NaCl.cif").lattice.a == pytest.approx(4.0)

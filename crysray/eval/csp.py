@@ -1,6 +1,6 @@
 """Crystal structure prediction metrics: match rate and RMSE (docs/crysbfn.md §6).
 
-A prediction matches its target when it is struct-valid (crysray.eval.validity) and
+A prediction matches its target when it is struct-valid (crysray.structures) and
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` finds a mapping; its RMSE is
 ``get_rms_dist(pred, target)[0]``, normalised by (V/n)^(1/3). Composition is not checked.
 Matching is the slow part (seconds per hundred pairs), so it runs in a process pool.
@@ -21,8 +21,13 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from crysray.eval.validity import MIN_DISTANCE, min_interatomic_distance, structure_validity
-from crysray.structures import arrays_to_structure, structure_to_arrays
+from crysray.structures import (
+    MIN_DISTANCE,
+    arrays_to_structure,
+    min_interatomic_distance,
+    structure_to_arrays,
+    structure_validity,
+)
 
 # Built once per process (pool workers inherit or rebuild it on import).
 STOL = 0.5

@@ -30,10 +30,10 @@ from scipy.stats import wasserstein_distance
 
 from crysray.atomic import atomic_path
 from crysray.data.csv import dataset_path, load_split
-from crysray.eval.validity import structure_validity
 from crysray.filter.composition import composition_check, composition_of
 from crysray.filter.uniqueness import TrainingSet, novelty, uniqueness
 from crysray.paths import default_cache_dir
+from crysray.structures import structure_validity
 
 # (structure, composition) cutoffs of CDVAE's COV_Cutoffs; datasets not listed use MP-20's
 COV_CUTOFFS = {"perov_5": (0.2, 4.0), "carbon_24": (0.2, 4.0), "mp_20": (0.4, 10.0)}

@@ -22,7 +22,7 @@ from crysray.eval.csp import match_rate_rmse
 from crysray.eval.report import emit
 from crysray.sample.compositions import table_compositions
 from crysray.sample.sampler import CrystalSampler, add_sampler_arguments, sampler_options_from_args
-from crysray.sample.schema import rows_to_structures
+from crysray.structures import rows_to_structures
 
 
 def evaluate_csp(

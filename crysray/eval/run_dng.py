@@ -26,8 +26,8 @@ from crysray.filter.actor import StabilityFunnel
 from crysray.filter.config import FunnelConfig
 from crysray.filter.uniqueness import TrainingSet
 from crysray.sample.sampler import CrystalSampler, add_sampler_arguments, sampler_options_from_args
-from crysray.sample.schema import rows_to_structures
 from crysray.sample.targets import AtomCountTargets
+from crysray.structures import rows_to_structures
 
 
 def evaluate_dng(

@@ -26,8 +26,9 @@ from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import FLAGS, STAGES, bools, funnel_counts
 from crysray.filter.uniqueness import uniqueness
 from crysray.sample.campaign import RunDirectoryError, finished_units, unit_key, unit_name, unit_of
-from crysray.sample.schema import STRUCTURE_COLUMNS, read_samples, rows_to_structures
+from crysray.sample.schema import STRUCTURE_COLUMNS, read_samples
 from crysray.storage import Location, Storage, storage_of
+from crysray.structures import rows_to_structures
 
 FUNNEL_DIR = "funnel"
 FUNNEL_MANIFEST = "manifest.json"

@@ -7,7 +7,7 @@ Input rows follow crysray.sample.schema (``sample_id``, ``atomic_numbers``, ``fr
 - composition: ``pass_composition`` (SMACT, crysray.filter.composition);
 - unique: ``unique``, ``duplicate_of`` (sample_id of the first match); flag ``unique``;
 - novel: ``novel`` (no StructureMatcher match in the training set); flag ``novel``;
-- relax: ``relax_status``, ``relax_steps``, ``energy_per_atom`` (eV/atom), ``relaxed_lattice``
+- relax: ``relax_status``, ``relax_steps_taken``, ``energy_per_atom`` (eV/atom), ``relaxed_lattice``
   (9 floats, A), ``relaxed_frac_coords`` (3n floats); flag ``pass_relax`` (converged);
 - hull: ``formation_energy_per_atom`` (eV/atom, Materials Project scale, crysray.filter.energy),
   ``e_above_hull`` (eV/atom), ``hull_status`` ("ok", "no_reference": an element without a
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from crysray.eval.validity import structure_validity
 from crysray.filter.composition import composition_check, composition_of
 from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import FLAGS, STAGES, bools, funnel_counts
@@ -38,7 +37,7 @@ from crysray.filter.energy import ElementalReferences, corrected_energy
 from crysray.filter.hull import HullReference, stable_flags
 from crysray.filter.relax import relax_batch
 from crysray.filter.uniqueness import TrainingSet, novelty, uniqueness
-from crysray.structures import arrays_to_structure
+from crysray.structures import arrays_to_structure, arrays_valid, table_arrays
 
 CHEAP_STAGES = ("structure", "composition", "unique", "novel")
 
@@ -94,7 +93,7 @@ def run_funnel(
     stages = tuple(s for s in STAGES if s in stages)
     gate = relax_gate if relax_gate is not None else tuple(s for s in CHEAP_STAGES if s in stages)
     run = _Run(
-        table=table, rows=_read_rows(table), stages=stages, config=config, potential=potential,
+        table=table, rows=table_arrays(table), stages=stages, config=config, potential=potential,
         hull=hull, references=references, training=training_structures, relax_gate=gate,
     )  # fmt: skip
     seconds = {}
@@ -141,10 +140,7 @@ def _novel_stage(run: _Run) -> dict:
 
 def _relax_stage(run: _Run) -> dict:
     selected = _passing(run.columns, run.relax_gate, len(run.rows))
-    c = run.config
-    return relax_columns(
-        run.rows, selected, run.potential, c.relax_steps, c.fmax, c.max_atoms_per_batch
-    )
+    return relax_columns(run.rows, selected, run.potential, run.config)
 
 
 def _hull_stage(run: _Run) -> dict:
@@ -161,37 +157,18 @@ _STAGE_FUNCTIONS = {
 }
 
 
-def _read_rows(table: pa.Table) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
-    """(lattice (3, 3), frac (n, 3), Z (n,)) per row, or None if the arrays are malformed."""
-    out = []
-    for row in table.select(["lattice", "frac_coords", "atomic_numbers"]).to_pylist():
-        try:
-            z = np.asarray(row["atomic_numbers"], dtype=np.int64)
-            lattice = np.asarray(row["lattice"], dtype=np.float64).reshape(3, 3)
-            frac = np.asarray(row["frac_coords"], dtype=np.float64).reshape(len(z), 3)
-        except (TypeError, ValueError):  # null list, None entries, wrong lengths
-            out.append(None)
-            continue
-        ok = len(z) > 0 and bool(((z >= 1) & (z <= 118)).all())
-        out.append((lattice, frac, z) if ok else None)
-    return out
-
-
 def structure_flags(rows) -> list[bool]:
-    """crysray.eval.validity.structure_validity per row (malformed rows are invalid)."""
-    return [r is not None and structure_validity(r[0], r[1]) for r in rows]
+    """The codec's validity rule per row of ``table_arrays`` (malformed rows are invalid)."""
+    return [arrays_valid(r) for r in rows]
 
 
 def _structures(run: _Run):
     """One pymatgen Structure per structurally valid row, None elsewhere (built once)."""
     if "_structures" not in run.columns:
-        from pymatgen.core import Lattice, Structure
-
         flags = run.columns.get("pass_structure")
         valid = flags.to_pylist() if flags is not None else structure_flags(run.rows)
         run.columns["_structures"] = [
-            Structure(Lattice(r[0]), [int(z) for z in r[2]], r[1]) if ok else None
-            for r, ok in zip(run.rows, valid)
+            arrays_to_structure(*r) if ok else None for r, ok in zip(run.rows, valid)
         ]
     return run.columns["_structures"]
 
@@ -206,7 +183,7 @@ def _passing(columns, stages, n: int) -> np.ndarray:
 
 
 def relax_columns(
-    rows, selected: np.ndarray, potential, relax_steps: int, fmax: float, max_atoms: int
+    rows, selected: np.ndarray, potential, config: FunnelConfig
 ) -> dict[str, pa.Array]:
     """Relax the ``selected`` rows in one batched run; null values for the others."""
     idx = np.flatnonzero(selected)
@@ -219,9 +196,9 @@ def relax_columns(
             np.stack([rows[i][0] for i in idx]),
             [rows[i][1] for i in idx],
             [rows[i][2] for i in idx],
-            fmax=fmax,
-            max_steps=relax_steps,
-            max_atoms_per_batch=max_atoms,
+            fmax=config.fmax,
+            relax_steps=config.relax_steps,
+            max_atoms_per_batch=config.max_atoms_per_batch,
         )
         for k, i in enumerate(idx):
             status[i], steps[i] = result.status[k], int(result.steps[k])
@@ -235,7 +212,7 @@ def relax_columns(
             fracs[i] = result.frac_coords[k].reshape(-1).tolist()
     return {
         "relax_status": pa.array(status, pa.string()),
-        "relax_steps": pa.array(steps, pa.int32()),
+        "relax_steps_taken": pa.array(steps, pa.int32()),
         "energy_per_atom": pa.array(energy, pa.float64()),
         "relaxed_lattice": pa.array(lattices, pa.list_(pa.float64())),
         "relaxed_frac_coords": pa.array(fracs, pa.list_(pa.float64())),

@@ -21,6 +21,8 @@ from matgl.utils.constants import EV_PER_ANG3_TO_GPA
 from pymatgen.optimization.neighbors import find_points_in_spheres
 from torch_geometric.data import Batch, Data
 
+from crysray.filter.config import FunnelConfig
+
 SELF_PAIR_TOL = 1e-8  # A; as matgl's converters: a zero-length "bond" to itself is dropped
 MIN_VOLUME_PER_ATOM = 1.0  # A^3; below this the neighbour list would explode (real: > 5)
 MAX_EDGES_PER_ATOM = 600  # dense metals have ~80 neighbours within 5 A
@@ -171,7 +173,7 @@ def single_point_energies(
     fracs: list[np.ndarray],
     numbers: list[np.ndarray],
     *,
-    max_atoms_per_batch: int = 2000,
+    max_atoms_per_batch: int = FunnelConfig.max_atoms_per_batch,
 ) -> np.ndarray:
     """(B,) total energies in eV of crystals as given (no relaxation); NaN where it fails.
 

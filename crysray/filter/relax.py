@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from crysray.filter.config import FunnelConfig
 from crysray.filter.graphs import evaluate, node_types
 from crysray.structures import wrap_frac
 
@@ -117,10 +118,10 @@ def relax_batch(
     fracs,
     numbers,
     *,
-    fmax: float = 0.05,
-    max_steps: int = 500,
+    fmax: float = FunnelConfig.fmax,
+    relax_steps: int = FunnelConfig.relax_steps,
     relax_cell: bool = True,
-    max_atoms_per_batch: int = 2000,
+    max_atoms_per_batch: int = FunnelConfig.max_atoms_per_batch,
     fire: Fire = Fire(),
 ) -> RelaxResult:
     """Relax B crystals together, ``max_atoms_per_batch`` atoms per model call; never raises
@@ -132,7 +133,7 @@ def relax_batch(
         fracs: B arrays (n_b, 3) of fractional coordinates.
         numbers: B arrays (n_b,) of atomic numbers Z.
         fmax: convergence threshold on atoms and (with ``relax_cell``) cell rows, eV/A.
-        max_steps: FIRE steps per crystal before it is "not_converged".
+        relax_steps: FIRE steps per crystal before it is "not_converged".
         relax_cell: relax the lattice too (FrechetCellFilter) or only the positions.
     """
     state = _Crystals(lattices, fracs, numbers, potential, fire)
@@ -141,7 +142,7 @@ def relax_batch(
     while queue or active:
         active = _refill(active, queue, state.n, max_atoms_per_batch)
         crystals = torch.tensor(sorted(active), dtype=torch.long)
-        running = _step(potential, state, crystals, fmax, max_steps, relax_cell, fire)
+        running = _step(potential, state, crystals, fmax, relax_steps, relax_cell, fire)
         active = [int(c) for c in crystals[running]]
     return _result(state)
 
@@ -155,7 +156,9 @@ def _refill(active: list[int], queue: deque, n: torch.Tensor, max_atoms: int) ->
     return active
 
 
-def _step(potential, state: _Crystals, crystals, fmax, max_steps, relax_cell, fire) -> torch.Tensor:
+def _step(
+    potential, state: _Crystals, crystals, fmax, relax_steps, relax_cell, fire
+) -> torch.Tensor:
     """Evaluate ``crystals``, settle the finished ones, move the rest; (b,) True = keeps going."""
     atoms = state.atoms_of(crystals)
     local = torch.repeat_interleave(torch.arange(len(crystals)), state.n[crystals])
@@ -170,7 +173,7 @@ def _step(potential, state: _Crystals, crystals, fmax, max_steps, relax_cell, fi
     )
     worst = torch.maximum(row_norms, f_cell.norm(dim=2).amax(dim=1))
     state.energy[crystals], state.fmax[crystals] = ev.energy, worst
-    status = _classify(state, crystals, cells, ev, worst, fmax, max_steps)
+    status = _classify(state, crystals, cells, ev, worst, fmax, relax_steps)
     for i, c in enumerate(crystals.tolist()):
         state.status[c] = status[i]
     running = torch.tensor([s == "" for s in status], dtype=torch.bool)
@@ -208,7 +211,7 @@ def _expm_frechet_adjoint(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_exp(block)[:, :3, 3:]
 
 
-def _classify(state, crystals, cells, ev, worst, fmax, max_steps) -> list[str]:
+def _classify(state, crystals, cells, ev, worst, fmax, relax_steps) -> list[str]:
     """ "" for crystals that keep going, else their final status."""
     volume_ratio = torch.linalg.det(cells).abs() / state.volume0[crystals]
     energy_per_atom = ev.energy / state.n[crystals]
@@ -223,7 +226,7 @@ def _classify(state, crystals, cells, ev, worst, fmax, max_steps) -> list[str]:
             out.append("exploded")
         elif float(worst[i]) < fmax:
             out.append("converged")
-        elif int(state.steps[c]) >= max_steps:
+        elif int(state.steps[c]) >= relax_steps:
             out.append("not_converged")
         else:
             out.append("")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 
+from crysray.filter.config import FunnelConfig
 from crysray.filter.relax import RelaxResult
 from crysray.structures import wrap_frac
 
@@ -20,8 +21,8 @@ def relax_one_by_one(
     structures: list[Structure],
     potential,
     *,
-    fmax: float = 0.05,
-    max_steps: int = 500,
+    fmax: float = FunnelConfig.fmax,
+    relax_steps: int = FunnelConfig.relax_steps,
     relax_cell: bool = True,
 ) -> RelaxResult:
     """Relax each structure with ``matgl.ext.ase.Relaxer``; a crystal that raises or gives
@@ -33,7 +34,7 @@ def relax_one_by_one(
     from matgl.ext.ase import Relaxer
 
     relaxer = Relaxer(potential, optimizer="FIRE", relax_cell=relax_cell)
-    rows = [_relax_one(relaxer, s, fmax, max_steps) for s in structures]
+    rows = [_relax_one(relaxer, s, fmax, relax_steps) for s in structures]
     return RelaxResult(
         lattice=np.stack([r[0] for r in rows]),
         frac_coords=[r[1] for r in rows],
@@ -44,11 +45,11 @@ def relax_one_by_one(
     )
 
 
-def _relax_one(relaxer, structure: Structure, fmax: float, max_steps: int):
+def _relax_one(relaxer, structure: Structure, fmax: float, relax_steps: int):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ASE's set_calculator deprecation, once per crystal
-            out = relaxer.relax(structure, fmax=fmax, steps=max_steps)
+            out = relaxer.relax(structure, fmax=fmax, steps=relax_steps)
     except Exception:  # noqa: BLE001 - a crystal that breaks the relaxer is a data point
         return _failed(structure, "nan")
     final: Structure = out["final_structure"]
@@ -56,19 +57,9 @@ def _relax_one(relaxer, structure: Structure, fmax: float, max_steps: int):
     steps = max(len(out["trajectory"].energies) - 2, 0)
     if not np.isfinite(energy) or not np.isfinite(final.lattice.matrix).all():
         return _failed(structure, "nan")
-    status = "converged" if steps < max_steps else "not_converged"
+    status = "converged" if steps < relax_steps else "not_converged"
     return final.lattice.matrix.copy(), wrap_frac(final.frac_coords), energy, steps, status
 
 
 def _failed(structure: Structure, status: str):
     return (np.array(structure.lattice.matrix), wrap_frac(structure.frac_coords), np.nan, 0, status)
-
-
-def to_structures(lattices, fracs, numbers) -> list[Structure]:
-    """pymatgen Structures from arrays: lattice (3, 3) A, frac (n, 3), Z (n,)."""
-    return [
-        Structure(
-            Lattice(np.asarray(lat).reshape(3, 3)), [int(z) for z in zs], np.reshape(f, (-1, 3))
-        )
-        for lat, f, zs in zip(lattices, fracs, numbers)
-    ]

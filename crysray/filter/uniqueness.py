@@ -18,6 +18,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 from crysray.filter.composition import composition_of
+from crysray.structures import arrays_to_structure
 
 
 def default_matcher() -> StructureMatcher:
@@ -80,7 +81,7 @@ class TrainingSet:
         if formula not in self._structures:
             lattices, fracs, numbers = self._rows
             self._structures[formula] = [
-                Structure(lattices[m], [int(z) for z in numbers[m]], fracs[m])
+                arrays_to_structure(lattices[m], fracs[m], numbers[m])
                 for m in self._by_formula.get(formula, [])
             ]
         return self._structures[formula]

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.core import Composition
 
-from crysray.eval.validity import structure_validity
 from crysray.storage import locate_files
+from crysray.structures import rows_to_structures, structure_validity
 from crysray.types import CrystalBatch
 
 SCHEMA_VERSION = 2
@@ -186,41 +186,37 @@ def _count(z: np.ndarray) -> dict[int, int]:
     return {Element.from_Z(int(v)).symbol: int(c) for v, c in zip(values, counts)}
 
 
-def rows_to_structures(table) -> list[Structure | None]:
-    """One pymatgen Structure per row (None for a row whose lattice cannot be built).
+def write_structures(
+    table: pa.Table, directory, fmt: str = "cif", relaxed: bool | None = None
+) -> int:
+    """Write the crystals of ``table``: one CIF per row named ``{sample_id}_{formula}.cif``
+    (``cif``), or one ``structures.extxyz`` file; returns how many were written.
 
-    ``table`` is a table of generated rows, or the Parquet files to read them from (local
-    paths or URLs, as ``read_samples`` takes).
+    ``relaxed`` (default: whenever the rows carry the funnel's relaxed cell) writes the relaxed
+    crystals; rows that were not relaxed are then left out. Rows that cannot be built are
+    skipped.
     """
-    if not isinstance(table, pa.Table):
-        table = read_samples(table, columns=list(STRUCTURE_COLUMNS))
-    out = []
-    for row in table.select(list(STRUCTURE_COLUMNS)).to_pylist():
-        lattice = np.asarray(row["lattice"]).reshape(3, 3)
-        if not np.isfinite(lattice).all() or abs(np.linalg.det(lattice)) < 1e-8:
-            out.append(None)
-            continue
-        frac = np.asarray(row["frac_coords"]).reshape(-1, 3)
-        out.append(Structure(Lattice(lattice), row["atomic_numbers"], frac))
-    return out
-
-
-def write_structures(table: pa.Table, directory, fmt: str = "cif") -> int:
-    """Write one file per row, named by sample_id (``cif``) or one ``.extxyz`` file."""
+    if relaxed is None:
+        relaxed = "relaxed_lattice" in table.column_names
+    structures = rows_to_structures(table, prefix="relaxed_" if relaxed else "")
+    kept = [(r, s) for r, s in zip(_names(table), structures) if s is not None]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    structures = rows_to_structures(table)
-    ids = table.column("sample_id").to_pylist()
     if fmt == "cif":
-        for sid, s in zip(ids, structures):
-            if s is not None:
-                s.to(filename=str(directory / f"{sid}.cif"))
+        for name, s in kept:
+            s.to(filename=str(directory / f"{name}.cif"))
     elif fmt == "extxyz":
         from ase.io import write
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures if s is not None]
+        atoms = [AseAtomsAdaptor.get_atoms(s) for _, s in kept]
         write(str(directory / "structures.extxyz"), atoms, format="extxyz")
     else:
         raise ValueError(f"unknown structure format {fmt!r} (cif or extxyz)")
-    return sum(s is not None for s in structures)
+    return len(kept)
+
+
+def _names(table: pa.Table) -> list[str]:
+    ids = table.column("sample_id").to_pylist()
+    formulas = table.column("formula").to_pylist()
+    return [f"{sid}_{formula}" for sid, formula in zip(ids, formulas)]
