@@ -200,8 +200,10 @@ def storage_throughput(tmp: Path, samples: int, repeats: int, common: tuple, wri
 
     import pyarrow.parquet as pq
 
-    from crysray.s3_testing import S3Server
     from crysray.storage import Storage
+
+    sys.path.insert(0, str(REPO / "tests"))  # the tests' S3 server
+    from s3_server import S3Server
 
     with S3Server() as server:
         os.environ.update(server.environment())  # the job subprocesses reach this server only

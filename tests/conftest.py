@@ -1,13 +1,17 @@
-"""Shared fixtures: a tiny untrained checkpoint and a small composition file."""
+"""Shared fixtures: a tiny untrained checkpoint, a small composition file, the S3 test server
+and one local Ray instance for the jobs of the whole test session."""
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from support import write_tiny_checkpoint
+from support import REPO, run_job, write_tiny_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +69,7 @@ def formulas_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    from crysray.s3_testing import S3Server
+    from s3_server import S3Server
 
     with S3Server() as server:
         yield server
@@ -79,3 +83,41 @@ def s3_bucket(s3_server, monkeypatch):
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     return s3_server.new_bucket()
+
+
+@pytest.fixture(scope="session")
+def ray_address(_private_cache, _offline, s3_server) -> str:
+    """The GCS address of one local Ray instance (2 CPUs) started once for the test session.
+
+    Jobs given it (``RAY_ADDRESS``) skip starting a Ray instance of their own, which costs
+    seconds each. This process is its first driver, with workers that import this checkout.
+    The instance's processes (and so every worker of every job) see the session's cache, the
+    offline switch and the S3 test server's endpoint and keys, which the jobs' own environment
+    does not pass on to workers. Tests that kill Ray's processes, or need a worker environment
+    of their own, start their own instance instead (each job does when not given one).
+    """
+    ray = pytest.importorskip("ray")
+    # Ray's unix socket paths must stay short: not under pytest's deep tmp_path
+    temp_dir = tempfile.mkdtemp(prefix="crysray-ray-")
+    saved = dict(os.environ)
+    os.environ.update(s3_server.environment())  # inherited by Ray's processes only
+    try:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        context = ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+            _temp_dir=temp_dir, runtime_env={"env_vars": {"PYTHONPATH": path}},
+        )  # fmt: skip
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def job(ray_address):
+    """``job("mass_sample.py", *args)``: a job run to the end on the session's Ray instance."""
+    return functools.partial(run_job, ray_address=ray_address)

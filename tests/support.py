@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +15,7 @@ from crysray.methods.registry import METHODS, build_method
 from crysray.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints" / "crysbfn_perov5.pt"  # the Perov-5 CrysBFN the README samples
 
 TINY_NET = ["net.hidden_dim=32", "net.num_layers=1", "net.num_freqs=4", "net.time_dim=16"]
 TINY = [*TINY_NET, "method.train_steps=[10]", "method.noise_bank_size=2048"]  # CrysBFN
@@ -47,3 +51,42 @@ def write_tiny_checkpoint(path: Path, overrides: list[str] = (), method: str = "
     model = build_method(config)
     save_checkpoint(path, {"config": config.to_dict(), "ema": model.state_dict(), "step": 0})
     return path
+
+
+# ---- jobs ------------------------------------------------------------------------------------
+
+
+def job_command(script: str, *args) -> list[str]:
+    """``python jobs/<script> args...`` with every argument as a string."""
+    return [sys.executable, str(REPO / "jobs" / script), *map(str, args)]
+
+
+def job_environment(ray_address: str | None = None, env: dict | None = None) -> dict:
+    """The job's environment: ``env`` (default: this process's), joining ``ray_address``
+    (``RAY_ADDRESS``) when given instead of starting a Ray instance of its own."""
+    environment = dict(os.environ if env is None else env)
+    if ray_address is not None:
+        environment["RAY_ADDRESS"] = ray_address
+    return environment
+
+
+def run_job(
+    script: str, *args, timeout: float = 900, ray_address: str | None = None,
+    env: dict | None = None, cwd: Path = REPO,
+) -> subprocess.CompletedProcess:  # fmt: skip
+    """A job of ``jobs/`` run to the end as a user runs it from the repository root, its output
+    captured as text. The environment (S3 endpoint, cache, offline) is inherited unless ``env``
+    is given; the job starts its own Ray instance unless ``ray_address`` names one."""
+    return subprocess.run(
+        job_command(script, *args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env=job_environment(ray_address, env),
+    )  # fmt: skip
+
+
+def start_job(script: str, *args, ray_address: str | None = None) -> subprocess.Popen:
+    """A job started in a session of its own (so that a test can kill exactly its processes),
+    stdout and stderr together in ``proc.stdout``."""
+    return subprocess.Popen(
+        job_command(script, *args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, env=job_environment(ray_address),
+    )  # fmt: skip

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from s3_server import DUMMY_KEYS
 from support import REPO
 
 from crysray.filter.campaign import read_decisions
-from crysray.s3_testing import DUMMY_KEYS
 from crysray.sample.schema import read_samples
 from crysray.storage import Storage
 from crysray.structures import rows_to_structures

@@ -1,5 +1,6 @@
 """An S3-compatible server on 127.0.0.1 for the tests and benchmarks (moto's, in a thread of
-the calling process; moto comes with the ``test`` extra).
+the calling process; moto comes with the ``test`` extra). Importable as ``s3_server`` by the
+tests; benchmarks/bench_ray.py imports it from this folder.
 
 ``S3Server`` starts and stops it; ``S3Bucket`` is one fresh bucket on it, with the
 environment a user would set (dummy keys, ``AWS_ENDPOINT_URL``) so that crysray, its job
