@@ -111,9 +111,17 @@ class CrystalSampler:
         )
 
     def sample_unit(
-        self, work_unit: int, seed: int, compositions: list[Composition], first_index: int = 0
+        self,
+        work_unit: int,
+        seed: int,
+        compositions: list[Composition],
+        first_index: int = 0,
+        on_batch=None,
     ) -> pa.Table:
-        """Crystals for ``compositions`` (CSP), in batches of ``batch_size``, as one table."""
+        """Crystals for ``compositions`` (CSP), in batches of ``batch_size``, as one table.
+
+        ``on_batch(crystals)``, if given, is called after each batch (progress within a unit).
+        """
         generator = unit_generator(seed, work_unit, self.device)
         tables = []
         for start in range(0, len(compositions), self.batch_size):
@@ -140,6 +148,8 @@ class CrystalSampler:
                     network_evaluations=self.network_evaluations,
                 )
             )
+            if on_batch is not None:
+                on_batch(len(chunk))
         return pa.concat_tables(tables)
 
 

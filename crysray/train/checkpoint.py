@@ -39,8 +39,11 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors mean the same to a user
+        # the first line only: torch's unpickling advice is for checkpoints, not for files
+        # that are not one (a CIF, a YAML given as --checkpoint)
+        first = (str(err).strip().splitlines() or [""])[0]
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {err}"
+            f"{path} is not a crysray checkpoint (cannot read it: {type(err).__name__}: {first})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a crysray checkpoint (expected format {FORMAT})")
