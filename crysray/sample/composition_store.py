@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,8 @@ class ConvertedCompositions:
     count: int
     digest: str
     skipped: Counter
+    # the skipped lines themselves ("file:line: why"), the first MAX_NAMED_LINES of them
+    skipped_lines: list[str] = field(default_factory=list)
 
 
 def convert_compositions(
@@ -60,10 +62,12 @@ def convert_compositions(
     Errors and skips are those of crysray.sample.compositions.read_targets (one line naming
     file and line); only one chunk of ``row_group_rows`` compositions is in memory at a time.
     """
-    digest, count, skipped = hashlib.sha256(), 0, Counter()
+    digest, count, skipped, skipped_lines = hashlib.sha256(), 0, Counter(), []
     dest = Path(dest)
     with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer:
-        for chunk in checked_chunks(source, limits, skip_invalid, skipped, row_group_rows):
+        for chunk in checked_chunks(
+            source, limits, skip_invalid, skipped, row_group_rows, skipped_lines
+        ):
             table = compositions_table(chunk)
             update_digest(digest, table)
             writer.write_table(table, row_group_size=row_group_rows)
@@ -76,7 +80,7 @@ def convert_compositions(
         writer.add_key_value_metadata(
             {DIGEST_META: digest.hexdigest()[:16], COUNT_META: str(count)}
         )
-    return ConvertedCompositions(dest, count, digest.hexdigest()[:16], skipped)
+    return ConvertedCompositions(dest, count, digest.hexdigest()[:16], skipped, skipped_lines)
 
 
 def compositions_table(compositions: list[Composition]) -> pa.Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ from crysray.data.dataset import CrystalTable
 from crysray.sample.sampler import Composition
 
 DEFAULT_MAX_ATOMS = 200  # CSPNet's graph is fully connected: memory grows with n_atoms^2
+# bad lines named in an error and skipped lines named in a run's manifest; the rest are counted
+# (a list of millions of lines must not become a message or a manifest of millions of lines)
+MAX_NAMED_LINES = 100
+# one element and its amount: 'Ca2 Ti2 O6' is one cell written with spaces, 'Fe2O3 O2' is two
+_ELEMENT_TOKEN = re.compile(r"[A-Z][a-z]{0,2}\d*(\.\d+)?")
+_FORMULA_TOKEN = re.compile(r"([A-Z][a-z]{0,2}\d*(\.\d+)?)+")
 
 
 @dataclass(frozen=True)
@@ -60,30 +67,57 @@ def checked_chunks(
     skip_invalid: bool = False,
     skipped: Counter | None = None,
     chunk_size: int = 65536,
+    skipped_lines: list[str] | None = None,
 ) -> Iterator[list[Composition]]:
     """The targets of ``path`` in file order, checked, in lists of at most ``chunk_size``.
 
-    Streams: a text or Parquet file is read a chunk at a time. Skipped targets (with
-    ``skip_invalid``) are counted by reason into ``skipped``.
+    Streams: a text or Parquet file is read a chunk at a time. Every bad target is found
+    before the first error is raised, so one run of the check names them all
+    (``BadCompositions``). Skipped targets (with ``skip_invalid``) are counted by reason into
+    ``skipped`` and, the first ``MAX_NAMED_LINES`` of them, named in ``skipped_lines``.
     """
     limits = limits or CompositionLimits()
     skipped = Counter() if skipped is None else skipped
+    bad: list[str] = []
+    bad_count = 0
     chunk = []
     for where, make in _target_makers(Path(path)):
         try:
             target = make()
             limits.check(target.atomic_numbers, where)
         except ValueError as err:
-            if not skip_invalid:
-                raise
-            skipped[str(err).split(": ", 1)[-1].split(" (")[0]] += 1
+            if skip_invalid:
+                skipped[str(err).split(": ", 1)[-1].split(" (")[0]] += 1
+                if skipped_lines is not None and len(skipped_lines) < MAX_NAMED_LINES:
+                    skipped_lines.append(str(err))
+            else:
+                bad_count += 1
+                if len(bad) < MAX_NAMED_LINES:
+                    bad.append(str(err))
             continue
         chunk.append(target)
         if len(chunk) == chunk_size:
             yield chunk
             chunk = []
+    if bad_count:
+        raise BadCompositions(path, bad, bad_count)
     if chunk:
         yield chunk
+
+
+class BadCompositions(ValueError):
+    """Every bad line of a composition file: one line for one, a list for several."""
+
+    def __init__(self, path: str | Path, named: list[str], count: int):
+        self.named, self.count = named, count
+        if count == 1:
+            super().__init__(named[0])
+            return
+        more = [f"... and {count - len(named)} more"] if count > len(named) else []
+        super().__init__(
+            f"{path}: {count} bad lines (fix them, or skip them with "
+            "--skip-invalid-compositions):\n  " + "\n  ".join(named + more)
+        )
 
 
 def _target_makers(path: Path) -> Iterator[tuple[str, Callable[[], Composition]]]:
@@ -169,7 +203,21 @@ def _formula_of(atoms: np.ndarray) -> str:
 
 
 def formula_atoms(formula: str, where: str = "") -> np.ndarray:
-    """Atomic numbers of one cell with this formula, e.g. 'SrTiO3' -> [38, 22, 8, 8, 8]."""
+    """Atomic numbers of one cell with this formula, e.g. 'SrTiO3' -> [38, 22, 8, 8, 8].
+
+    Spaces may separate elements ('Ca2 Ti2 O6'), not formulas: pymatgen would read
+    'Fe2O3 O2' as Fe2O5, a cell nobody asked for.
+    """
+    tokens = formula.split()
+    if (
+        len(tokens) > 1
+        and all(_FORMULA_TOKEN.fullmatch(t) for t in tokens)
+        and not all(_ELEMENT_TOKEN.fullmatch(t) for t in tokens)
+    ):
+        raise ValueError(
+            f"{where}: {formula!r} holds more than one formula; write one cell formula per "
+            "line (spaces may only separate elements, as in 'Ca2 Ti2 O6')"
+        )
     try:
         comp = PmgComposition(formula)
     except Exception:  # noqa: BLE001 - pymatgen raises several types for bad formulas
