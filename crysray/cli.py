@@ -16,17 +16,17 @@ import logging
 import sys
 from pathlib import Path
 
-from crysray.config import RunConfig, load_config
+from crysray.config import RunConfig
 from crysray.data.csv import dataset_path, load_split
 from crysray.data.dataset import CrystalTable
-from crysray.methods.registry import method_class
+from crysray.methods.registry import fit_statistics, load_config
 from crysray.train.checkpoint import CheckpointError, export_inference
 from crysray.train.loop import train
 
 
 def prepare_config(config: RunConfig, train_table: CrystalTable) -> RunConfig:
     """Fill in the statistics that come from the training split."""
-    return method_class(config).fit_config(config, train_table)
+    return fit_statistics(config, train_table)
 
 
 def load_dataset_splits(

@@ -1,13 +1,16 @@
 """Typed, frozen configuration: dataclass defaults, YAML files and ``a.b=c`` overrides.
 
 The whole configuration is stored in every checkpoint and in Parquet provenance, so a
-checkpoint rebuilds its own model.
+checkpoint rebuilds its own model. Plain dataclasses that know no method: each method's
+section lives beside the method, and crysray.methods.registry (``load_config``,
+``config_from_dict``) passes the name -> section mapping to the parsers here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,45 +29,12 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Fields every method has. Each method extends it with its own section: the registry
-    (crysray.methods.registry) maps ``name`` to the section class, so ``method.name`` in a
-    config file selects both the method and the keys its section accepts."""
+    """Fields every method has. Each method extends it with its own section, which lives beside
+    the method (crysray/methods/<name>_config.py); the registry maps ``name`` to the section
+    class, so ``method.name`` in a config file selects both the method and its keys."""
 
     name: str = "crysbfn"
     task: str = "csp"  # "csp" (types given) or "dng" (types generated)
-
-
-@dataclass(frozen=True)
-class CrysBFNConfig(MethodConfig):
-    name: str = "crysbfn"
-    beta1_coord: float = 1e3
-    sigma1_lattice: float = 0.03162277660168379  # sigma1^2 = 1e-3
-    # The network is conditioned on continuous time t = (i-1)/N and on the concentration u,
-    # so one model samples with any N; training draws N per batch from this list.
-    train_steps: tuple[int, ...] = (10, 20, 50, 100, 200)
-    noise_bank_size: int = 32768  # walks per N in the von Mises noise bank (docs §8.7)
-    # Cap on the coordinate loss weight N alpha A(alpha) (0 = none); see CrysBFN.loss.
-    coord_weight_cap: float = 0.0
-    # Share of crystals whose input theta_{i-1} is drawn around the model's own prediction
-    # from theta_{i-2} instead of around the truth, as in end-back sampling; see CrysBFN.loss.
-    rollout_prob: float = 0.0
-    beta1_type: float = 0.5  # discrete flow on atom types (task dng), beta(t) = beta1 t^2
-
-
-@dataclass(frozen=True)
-class KLDMConfig(MethodConfig):
-    name: str = "kldm"
-    # "x0" (KLDM-eps0: the net predicts the clean lattice, the released setting) or "eps"
-    lattice_parameterization: str = "x0"
-    tau_min: float = 1e-3  # training draws tau ~ U(tau_min, 1]
-    # de novo generation (task dng): atom types by continuous one-hot ("c"), analog bits
-    # ("c-ab") or masking diffusion ("d"); the masking loss is the plain masked cross-entropy
-    # ("simple") or its ELBO weighting ("elbo")
-    type_variant: str = "d"
-    masking_loss: str = "simple"
-    # Per-atom-count log-length statistics of the training split (LatticeStats.to_dict);
-    # empty until training fills them in, then stored with the model.
-    lattice_stats: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,56 +67,19 @@ class TrainConfig:
 
 CONFIG_VERSION = 2  # 1: before per-method sections (a flat CrysBFN-only method section)
 
+# method name -> its config section; the registry (crysray.methods.registry) owns the mapping
+MethodSections = Mapping[str, type[MethodConfig]]
+
 
 @dataclass(frozen=True)
 class RunConfig:
     net: NetConfig = field(default_factory=NetConfig)
-    method: MethodConfig = field(default_factory=CrysBFNConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
         return {"version": CONFIG_VERSION, **json.loads(json.dumps(dataclasses.asdict(self)))}
-
-    @staticmethod
-    def from_dict(d: dict) -> RunConfig:
-        """Build from a dict of any config version; missing keys take today's defaults, so a
-        config written before a field existed still loads (and compares equal once normalised)."""
-        d = dict(d)
-        version = d.pop("version", 1)
-        if not isinstance(version, int) or version > CONFIG_VERSION:
-            raise ValueError(
-                f"config version {version!r} is newer than this crysray understands "
-                f"({CONFIG_VERSION}); upgrade crysray"
-            )
-        unknown = set(d) - set(_SECTIONS)
-        if unknown:
-            raise ValueError(f"unknown config sections: {sorted(unknown)}")
-        sections = {
-            name: _build(cls, d.get(name) or {})
-            for name, cls in _SECTIONS.items()
-            if name != "method"
-        }
-        method = d.get("method") or {}
-        return RunConfig(
-            method=_build(method_config_class(method.get("name", "crysbfn")), method), **sections
-        )
-
-    def override(self, assignments: list[str]) -> RunConfig:
-        """Apply ``section.key=value`` strings (values parsed as YAML). ``method.name`` is applied
-        first, so the other method keys are checked against the chosen method's section."""
-        d = self.to_dict()
-        items = sorted(assignments, key=lambda item: not item.startswith("method.name="))
-        for item in items:
-            key, sep, raw = item.partition("=")
-            section, _, name = key.partition(".")
-            if not sep or section not in d or section == "version" or name not in d[section]:
-                raise ValueError(f"unknown config override {item!r} (expected section.key=value)")
-            d[section][name] = yaml.safe_load(raw)
-            if key == "method.name":  # another method: its own section with its defaults
-                d = {**d, "method": {"name": d["method"]["name"], "task": d["method"]["task"]}}
-                d = RunConfig.from_dict(d).to_dict()
-        return RunConfig.from_dict(d)
 
     def replace(self, section: str, **values) -> RunConfig:
         return dataclasses.replace(
@@ -157,10 +90,47 @@ class RunConfig:
 _SECTIONS = {"net": NetConfig, "method": MethodConfig, "data": DataConfig, "train": TrainConfig}
 
 
-def method_config_class(name: str) -> type[MethodConfig]:
-    from crysray.methods.registry import method_entry  # the registry imports this module
+def parse_run_config(d: dict, method_sections: MethodSections) -> RunConfig:
+    """Build from a dict of any config version; missing keys take today's defaults, so a config
+    written before a field existed still loads (and compares equal once normalised).
+    ``method.name`` picks the method section class from ``method_sections``."""
+    d = dict(d)
+    version = d.pop("version", 1)
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise ValueError(
+            f"config version {version!r} is newer than this crysray understands "
+            f"({CONFIG_VERSION}); upgrade crysray"
+        )
+    unknown = set(d) - set(_SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown config sections: {sorted(unknown)}")
+    sections = {
+        name: _build(cls, d.get(name) or {}) for name, cls in _SECTIONS.items() if name != "method"
+    }
+    method = d.get("method") or {}
+    name = method.get("name", "crysbfn")
+    if name not in method_sections:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(method_sections)}")
+    return RunConfig(method=_build(method_sections[name], method), **sections)
 
-    return method_entry(name).config
+
+def apply_overrides(
+    config: RunConfig, assignments: list[str], method_sections: MethodSections
+) -> RunConfig:
+    """Apply ``section.key=value`` strings (values parsed as YAML). ``method.name`` is applied
+    first, so the other method keys are checked against the chosen method's section."""
+    d = config.to_dict()
+    items = sorted(assignments, key=lambda item: not item.startswith("method.name="))
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or section not in d or section == "version" or name not in d[section]:
+            raise ValueError(f"unknown config override {item!r} (expected section.key=value)")
+        d[section][name] = yaml.safe_load(raw)
+        if key == "method.name":  # another method: its own section with its defaults
+            d = {**d, "method": {"name": d["method"]["name"], "task": d["method"]["task"]}}
+            d = parse_run_config(d, method_sections).to_dict()
+    return parse_run_config(d, method_sections)
 
 
 def _build(cls, values: dict):
@@ -188,8 +158,8 @@ def _coerce(default, value, name: str):
         ) from None
 
 
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
-    """A packaged config by name (``crysbfn_perov5``) or a YAML file path, then overrides."""
+def read_config_file(name_or_path: str) -> dict:
+    """The dict of a packaged config by name (``crysbfn_perov5``) or of a YAML file path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
         text = path.read_text()
@@ -198,4 +168,4 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
         if not resource.is_file():
             raise FileNotFoundError(f"no config file or packaged config named {name_or_path!r}")
         text = resource.read_text()
-    return RunConfig.from_dict(yaml.safe_load(text) or {}).override(overrides or [])
+    return yaml.safe_load(text) or {}

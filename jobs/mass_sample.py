@@ -158,11 +158,10 @@ def validate(args) -> None:
 def sampler_record(args, model_config) -> tuple[int, dict]:
     """Steps and the complete sampler options, completed and checked by the checkpoint's
     method (this job does not know which method it runs)."""
-    from crysray.config import RunConfig
-    from crysray.methods.registry import method_class
+    from crysray.methods.registry import config_from_dict, method_class
     from crysray.sample.sampler import sampler_options_from_args
 
-    method = method_class(RunConfig.from_dict(model_config))
+    method = method_class(config_from_dict(model_config))
     return args.steps or method.default_steps, method.sampler_options(
         **sampler_options_from_args(args)
     )

@@ -33,12 +33,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     from crysray.cli import load_dataset_splits, prepare_config
-    from crysray.config import RunConfig
+    from crysray.methods.registry import config_from_dict
     from crysray.train.loop import train
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    config = RunConfig.from_dict(loop_config["config"])
+    config = config_from_dict(loop_config["config"])
     train_table, val_table = load_dataset_splits(config)
     config = prepare_config(config, train_table)
     batch = config.train.batch_size // world  # the global batch stays the configured one
@@ -108,7 +108,7 @@ def run(args):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from crysray.config import load_config
+    from crysray.methods.registry import load_config
     from crysray.train.checkpoint import export_inference
 
     if args.workers < 1:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from crysray.config import load_config
 from crysray.methods.kldm_lattice import LatticeStats
-from crysray.methods.registry import METHODS, build_method
+from crysray.methods.registry import METHODS, build_method, load_config
 from crysray.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from support import TINY, write_tiny_checkpoint
 
-from crysray.config import load_config
+from crysray.methods.registry import load_config
 from crysray.train.checkpoint import (
     CheckpointError,
     export_inference,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from support import REPO, tiny_config
 
-from crysray.config import CONFIG_VERSION, CrysBFNConfig, KLDMConfig, RunConfig, load_config
+from crysray.config import CONFIG_VERSION
+from crysray.methods.crysbfn_config import CrysBFNConfig
+from crysray.methods.kldm_config import KLDMConfig
+from crysray.methods.registry import config_from_dict, load_config
 from crysray.train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from crysray.train.loop import train
 
@@ -20,28 +23,28 @@ def test_method_name_selects_the_section_and_its_keys():
     with pytest.raises(ValueError, match="unknown config override 'method.beta1_coord=5'"):
         load_config("kldm_perov5", ["method.beta1_coord=5"])
     with pytest.raises(ValueError, match=r"unknown method 'ddpm'; known: \['crysbfn', 'kldm'\]"):
-        RunConfig.from_dict({"method": {"name": "ddpm"}})
+        config_from_dict({"method": {"name": "ddpm"}})
 
 
 def test_version_one_configs_load_and_compare_equal_once_normalised():
     shipped = read_checkpoint(REPO / "checkpoints" / "crysbfn_perov5.pt")["config"]
     assert "version" not in shipped  # written before per-method sections existed
-    config = RunConfig.from_dict(shipped)
+    config = config_from_dict(shipped)
     assert config.to_dict()["version"] == CONFIG_VERSION
     assert config.method.rollout_prob == 0.5
     older = {
         **shipped,
         "method": {k: v for k, v in shipped["method"].items() if k != "rollout_prob"},
     }
-    assert RunConfig.from_dict(older).replace("method", rollout_prob=0.5) == config
-    assert RunConfig.from_dict(config.to_dict()) == config  # round trip
+    assert config_from_dict(older).replace("method", rollout_prob=0.5) == config
+    assert config_from_dict(config.to_dict()) == config  # round trip
     model = load_model(REPO / "checkpoints" / "crysbfn_perov5.pt")
     assert model.name == "crysbfn" and model.config == config
 
 
 def test_a_config_from_a_newer_crysray_is_refused():
     with pytest.raises(ValueError, match="config version 3 is newer than this crysray"):
-        RunConfig.from_dict({"version": CONFIG_VERSION + 1})
+        config_from_dict({"version": CONFIG_VERSION + 1})
 
 
 def test_a_run_saved_before_a_field_existed_resumes(tmp_path):
@@ -60,3 +63,17 @@ def test_a_run_saved_before_a_field_existed_resumes(tmp_path):
     changed = config.replace("train", max_steps=6).replace("method", rollout_prob=0.25)
     with pytest.raises(ValueError, match="different method configuration"):
         train(changed, batches, tmp_path / "run.pt")
+
+
+def test_configuration_knows_no_method():
+    """crysray.config imports nothing of crysray: the registry owns the method sections."""
+    import ast
+    import inspect
+
+    import crysray.config
+
+    tree = ast.parse(inspect.getsource(crysray.config))
+    imported = [
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    ] + [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    assert not [name for name in imported if name.startswith("crysray")]

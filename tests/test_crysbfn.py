@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from crysray.config import load_config
 from crysray.methods.crysbfn import CrysBFN
+from crysray.methods.registry import load_config
 from crysray.methods.torus import frac_to_angle, wrap
 from crysray.types import CrystalBatch
 

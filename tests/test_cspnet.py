@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from crysray.config import load_config
 from crysray.methods.crysbfn import CrysBFN
+from crysray.methods.registry import load_config
 from crysray.methods.torus import wrap
 from crysray.nets.cspnet import fourier_features, fully_connected_edges
 

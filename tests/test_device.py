@@ -18,10 +18,9 @@ from support import tiny_config
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from crysray.config import load_config
 from crysray.methods.crysbfn import CrysBFN
 from crysray.methods.flows import GaussianFlow, VonMisesFlow
-from crysray.methods.registry import build_method
+from crysray.methods.registry import build_method, load_config
 from crysray.train.loop import evaluate_loss
 from crysray.types import CrystalBatch
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 from support import PEROV_STATS, tiny_config
 
-from crysray.config import load_config
 from crysray.methods import kldm_process as kp
 from crysray.methods.kldm import KLDM
-from crysray.methods.registry import build_method
+from crysray.methods.registry import build_method, load_config
 from crysray.nets.cspnet import fully_connected_edges
 from crysray.types import CrystalBatch
 

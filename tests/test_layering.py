@@ -11,7 +11,7 @@ for name in ("pymatgen", "ray", "pyarrow", "matgl", "pandas"):
     sys.modules[name] = None  # any import of these now raises ImportError
 import torch
 from crysray.methods.registry import build_method
-from crysray.config import load_config
+from crysray.methods.registry import load_config
 config = load_config("crysbfn_perov5", ["net.hidden_dim=16", "net.num_layers=1"])
 model = build_method(config.replace("data", lattice_std=2.0))
 print("ok", type(model).__name__)

@@ -6,10 +6,9 @@ import pytest
 import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
-from crysray.config import load_config
 from crysray.data.csv import dataset_path, load_split
 from crysray.eval.csp import match_rate_rmse
-from crysray.methods.registry import method_class
+from crysray.methods.registry import fit_statistics, load_config
 from crysray.sample.compositions import table_compositions
 from crysray.sample.sampler import CrystalSampler
 from crysray.structures import batch_to_structures, rows_to_structures
@@ -58,7 +57,7 @@ def test_tiny_model_memorises_two_crystals(method, two_perovskites, tmp_path):
         ],
     )
     # statistics from the two crystals themselves, as training would take them from its split
-    config = method_class(config).fit_config(config, table)
+    config = fit_statistics(config, table)
     # each "epoch" is the crystals repeated, so a batch sees every crystal many times
     repeated = table.subset(list(range(len(table))) * 32)
     result = train(
@@ -123,7 +122,7 @@ def test_tiny_dng_model_generates_two_crystals_back_types_included(case, tmp_pat
            "train.min_lr=3e-4", f"train.ema_start={steps // 2}", "train.ema_decay=0.99",
            f"train.checkpoint_every={steps}", "train.log_every=100000", "train.threads=1"],
     )  # fmt: skip
-    config = method_class(config).fit_config(config, table)
+    config = fit_statistics(config, table)
     assert config.data.atom_types == (6, 8, 9, 22, 39)  # C O F Ti Y
     repeated = table.subset(list(range(len(table))) * 32)
     train(

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from crysray.config import RunConfig
-from crysray.methods.registry import build_method
+from crysray.methods.registry import build_method, config_from_dict
 
 FORMAT = "crysray-checkpoint-v1"
 
@@ -54,7 +53,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
     """Rebuild the method from a checkpoint's config and load its (EMA) weights strictly."""
     payload = read_checkpoint(path)
     try:
-        config = RunConfig.from_dict(payload["config"])
+        config = config_from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"{path}: configuration does not match this crysray version: {err}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from crysray.config import RunConfig
-from crysray.methods.registry import build_method
+from crysray.methods.registry import build_method, config_from_dict
 from crysray.train.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from crysray.types import CrystalBatch
 
@@ -212,7 +212,7 @@ def _changed_sections(payload: dict, config: RunConfig, sections, path) -> list[
     """Sections in which the checkpoint's config differs from ``config``, both normalised
     (fields added since the checkpoint was written compare at their defaults)."""
     try:
-        saved = RunConfig.from_dict(payload.get("config", {})).to_dict()
+        saved = config_from_dict(payload.get("config", {})).to_dict()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: configuration does not match this crysray version: {err}")
     current = config.to_dict()
