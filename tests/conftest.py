@@ -99,17 +99,23 @@ def ray_address(_private_cache, _offline, s3_server) -> str:
     ray = pytest.importorskip("ray")
     # Ray's unix socket paths must stay short: not under pytest's deep tmp_path
     temp_dir = tempfile.mkdtemp(prefix="crysray-ray-")
-    saved = dict(os.environ)
-    os.environ.update(s3_server.environment())  # inherited by Ray's processes only
+    s3 = s3_server.environment()
+    saved = {name: os.environ.get(name) for name in s3}
+    os.environ.update(s3)  # inherited by Ray's processes only
     try:
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        # Ray sets RAY_AUTH_MODE here for this process and the jobs it starts: they connect
+        # with the machine's Ray token
         context = ray.init(
             address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
             _temp_dir=temp_dir, runtime_env={"env_vars": {"PYTHONPATH": path}},
         )  # fmt: skip
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     try:
         yield context.address_info["gcs_address"]
     finally:

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from support import REPO, write_tiny_checkpoint
+import support
+from support import write_tiny_checkpoint
 
 from crysray.sample.campaign import finished_units
 from crysray.storage import Storage
 
-JOB = [sys.executable, str(REPO / "jobs" / "mass_sample.py")]
-
-
-def run_job(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        JOB + [str(a) for a in args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        **kwargs,
-    )
+run_job = functools.partial(support.run_job, "mass_sample.py")
+start_job = functools.partial(support.start_job, "mass_sample.py")
 
 
 def read_rows(out):
@@ -45,17 +36,6 @@ def assert_exactly(out: Path, n: int) -> None:
     assert sorted(int(i.split("-")[-1]) for i in ids) == list(range(n))
 
 
-def start_job(*args) -> subprocess.Popen:
-    return subprocess.Popen(
-        JOB + [str(a) for a in args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def wait_for_units(out, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while len(finished_units(out)) < count:
@@ -65,7 +45,9 @@ def wait_for_units(out, count: int, proc: subprocess.Popen, timeout: float = 300
 
 
 @pytest.mark.slow
-def test_two_replicas_write_exactly_n_unique_rows(tiny_checkpoint, formulas_file, tmp_path):
+def test_two_replicas_write_exactly_n_unique_rows(
+    tiny_checkpoint, formulas_file, tmp_path, ray_address
+):
     out = tmp_path / "run"
     result = run_job(
         "--checkpoint",
@@ -82,6 +64,7 @@ def test_two_replicas_write_exactly_n_unique_rows(tiny_checkpoint, formulas_file
         2,
         "--out",
         out,
+        ray_address=ray_address,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert_exactly(out, 250)
@@ -97,7 +80,7 @@ def test_two_replicas_write_exactly_n_unique_rows(tiny_checkpoint, formulas_file
 
 
 @pytest.mark.slow
-def test_a_parquet_composition_file_cycles_in_row_order(tiny_checkpoint, tmp_path):
+def test_a_parquet_composition_file_cycles_in_row_order(tiny_checkpoint, tmp_path, ray_address):
     import pyarrow as pa
 
     formulas = tmp_path / "formulas.parquet"
@@ -105,7 +88,8 @@ def test_a_parquet_composition_file_cycles_in_row_order(tiny_checkpoint, tmp_pat
                    formulas, row_group_size=2)  # fmt: skip
     out = tmp_path / "run"
     result = run_job("--checkpoint", tiny_checkpoint, "--compositions", formulas,
-                     "--num-samples", 20, "--unit-size", 6, "--steps", 3, "--out", out)  # fmt: skip
+                     "--num-samples", 20, "--unit-size", 6, "--steps", 3, "--out", out,
+                     ray_address=ray_address)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert_exactly(out, 20)
     rows = read_rows(out).to_pydict()
@@ -207,7 +191,7 @@ def test_rerun_of_a_finished_run_changes_nothing(tiny_checkpoint, formulas_file,
     ],
 )
 def test_bad_input_fails_with_one_line_and_touches_nothing(
-    case, tiny_checkpoint, kldm_checkpoint, formulas_file, tmp_path
+    case, tiny_checkpoint, kldm_checkpoint, formulas_file, tmp_path, request
 ):
     out = tmp_path / "out"
     args = {
@@ -237,12 +221,14 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(
     elif case == "zero_replicas":
         args["--replicas"] = 0
     elif case == "other_run":
-        first = run_job(*[x for k, v in {**args, "--num-samples": 3}.items() for x in (k, v)])
+        first = run_job(*[x for k, v in {**args, "--num-samples": 3}.items() for x in (k, v)],
+                        ray_address=request.getfixturevalue("ray_address"))  # fmt: skip
         assert first.returncode == 0, first.stderr[-2000:]
         args["--seed"] = 99
     elif case == "other_sampler_options":
         first = run_job(*[x for k, v in {**args, "--num-samples": 3}.items() for x in (k, v)],
-                        "--checkpoint", kldm_checkpoint, "--sampler", "em")  # fmt: skip
+                        "--checkpoint", kldm_checkpoint, "--sampler", "em",
+                        ray_address=request.getfixturevalue("ray_address"))  # fmt: skip
         assert first.returncode == 0, first.stderr[-2000:]
         args["--checkpoint"] = kldm_checkpoint  # same run, but the pc sampler
     elif case == "unknown_sampler":
@@ -310,7 +296,7 @@ def test_version_one_files_read_as_version_two(tmp_path):
 
 
 @pytest.mark.slow
-def test_invalid_compositions_can_be_skipped_and_counted(tiny_checkpoint, tmp_path):
+def test_invalid_compositions_can_be_skipped_and_counted(tiny_checkpoint, tmp_path, ray_address):
     formulas = tmp_path / "f.txt"
     formulas.write_text("SrTiO3\nXx2O3\nFe1000O1500\nNaCl\n")
     out = tmp_path / "run"
@@ -324,6 +310,7 @@ def test_invalid_compositions_can_be_skipped_and_counted(tiny_checkpoint, tmp_pa
         "--skip-invalid-compositions",
         "--out",
         out,
+        ray_address=ray_address,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped           2 invalid compositions" in result.stdout
