@@ -1,4 +1,5 @@
-"""``crysray-train``: train a method on one machine without Ray (``jobs/train.py`` adds Ray Train).
+"""``crysray-train``: train a method on one machine without Ray (``crysray ray-train`` adds Ray
+Train).
 
 Example (the shipped Perov-5 model)::
 
@@ -12,15 +13,14 @@ Rerunning the same command resumes the run (or, once it is finished, only re-exp
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from crysray.config import RunConfig
 from crysray.data.csv import dataset_path, load_split
 from crysray.data.dataset import CrystalTable
-from crysray.methods.registry import fit_statistics, load_config
-from crysray.train.checkpoint import CheckpointError, export_inference
+from crysray.methods.registry import fit_statistics
+from crysray.train.checkpoint import export_inference
 from crysray.train.loop import train
 
 
@@ -71,39 +71,14 @@ def run_local_training(config: RunConfig, run_dir: Path, snapshot_every: int = 2
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config", default="crysbfn_perov5", help="packaged config name or YAML path"
-    )
-    parser.add_argument(
-        "--run-dir",
-        type=Path,
-        required=True,
-        help="checkpoint.pt and snapshots go here; resumes if present",
-    )
-    parser.add_argument(
-        "--export",
-        type=Path,
-        default=None,
-        help="write the EMA weights + config (what sampling needs) here at the end",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="section.key=value, e.g. train.max_minutes=120"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        config = load_config(args.config, args.overrides)
-        result = run_local_training(config, args.run_dir)
-        if args.export:
-            export_inference(args.run_dir / "checkpoint.pt", args.export)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"crysray-train: error: {err}", file=sys.stderr)
-        return 2
-    print(result)
-    return 0
+    """``crysray-train`` (also ``crysray train``)."""
+    from crysray.command.common import HelpFormatter, finish
+    from crysray.command.train import add_local_arguments, run_local
+
+    parser = argparse.ArgumentParser(prog="crysray-train", description=__doc__,
+                                     formatter_class=HelpFormatter)  # fmt: skip
+    add_local_arguments(parser)
+    return finish("crysray-train", run_local, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""The thin Ray layer shared by the jobs: the stability funnel and run-wide uniqueness as Ray
-Data stages.
+"""The thin Ray layer: starting Ray, the sampling and funnel actor pools, run-wide uniqueness
+and Ray Train, each a few calls of Ray around a library function that knows nothing of Ray.
 
-Kept out of crysray's library modules (which never import Ray) and out of the job scripts
-(which do not import each other).
+Everything else in crysray runs without Ray; the command line (crysray.commands) and the job
+scripts (jobs/) are the only callers.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+import uuid
 
 import pyarrow as pa
 import ray
@@ -24,20 +28,135 @@ from crysray.filter.campaign import (
 )
 from crysray.filter.config import FunnelConfig
 from crysray.filter.counts import merge_counts
+from crysray.sample.campaign import CampaignWorker
+from crysray.sample.plan import CampaignPlan, num_tasks
 from crysray.sample.schema import STRUCTURE_COLUMNS
+from crysray.sizing import actor_resources
 from crysray.storage import Storage
 
 # hash partitions of the formula shuffle: Ray Data's default, fewer for a run of fewer units
 # (each partition costs a task even when it holds nothing)
 MAX_FORMULA_PARTITIONS = 200
+PRIVATE = "local"  # ray.init's address for a new instance of our own
 
 
-def funnel_resources(cluster: dict, replicas: int, cpus=None, gpus=None) -> tuple[float, float]:
-    """(CPUs, GPUs) per funnel actor: a GPU each when the cluster has GPUs; on a CPU-only
-    machine the actors share all CPUs but half of one, which the feeding tasks need."""
-    gpus = gpus if gpus is not None else (1.0 if cluster.get("GPU", 0) >= 1 else 0.0)
-    cpus = cpus or (1.0 if gpus else max(0.25, (cluster.get("CPU", 1) - 0.5) / replicas))
-    return cpus, gpus
+def start_ray(address: str | None = None, log_to_driver: bool = False) -> str:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private local instance.
+
+    Never ``ray.init()`` bare: that joins whatever cluster someone on this machine started
+    with ``ray start``, and dies when they stop it. Returns what was joined.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or PRIVATE
+    # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
+    # no runtime_env here, so Ray can use its prestarted worker processes
+    ray.init(address=address, log_to_driver=log_to_driver)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is per crystal
+    return address
+
+
+@ray.remote(num_cpus=0)
+class ProgressCounter:
+    """Crystals done, added to by every replica after each network batch."""
+
+    def __init__(self):
+        self.count = 0
+
+    def add(self, crystals: int) -> None:
+        self.count += crystals
+
+    def total(self) -> int:
+        return self.count
+
+
+class RayProgress:
+    """What a replica holds of the counter: ``add`` without waiting for the answer."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def add(self, crystals: int) -> None:
+        self.counter.add.remote(crystals)
+
+
+def sample_campaign(store: Storage, plan: CampaignPlan, options, funnel_config=None,
+                    on_progress=None) -> list[tuple[float, int]]:  # fmt: skip
+    """Run the plan's units on a pool of ``options.replicas`` sampler actors (and the funnel's
+    pool after it); ``on_progress(crystals_sampled, units_finished)`` about every second.
+
+    Ray Data over an actor pool: one callable class per replica (the model loads once), work
+    units as rows. Each replica writes its unit file itself, named by unit, so resume is a file
+    listing and rows never pass through the driver. Actors that die are restarted and their
+    tasks retried (Ray Data's defaults for actor pools). Returns (time, rows) per finished unit.
+    """
+    res = actor_resources(ray.cluster_resources(), options.replicas, options.cpus_per_replica,
+                          options.gpus_per_replica, options.threads_per_replica)  # fmt: skip
+    counter = ProgressCounter.remote()
+    units = ray.data.from_items(
+        [{"unit": u} for u in plan.todo],
+        override_num_blocks=num_tasks(len(plan.todo), options.replicas, options.units_per_task),
+    )
+    summaries = units.map_batches(
+        CampaignWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.replicas),
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+        fn_constructor_kwargs={
+            "checkpoint": str(options.checkpoint.resolve()),
+            "out_dir": store.location,  # absolute path, or the URL (no credentials)
+            "spec": plan.spec.__dict__, "targets": plan.targets, "threads": res.threads,
+            "device": "cuda" if res.num_gpus else "cpu", "session": options.session,
+            "progress": RayProgress(counter),
+        },
+    )  # fmt: skip
+    if funnel_config is not None:  # MatGL stage: its own actor pool, fed unit by unit
+        summaries = add_funnel_stage(summaries, funnel_config, store, options.funnel_replicas,
+                                     options.funnel_cpus, options.funnel_gpus)  # fmt: skip
+    arrivals = []
+    with _polling(counter, lambda n: on_progress and on_progress(n, len(arrivals))):
+        for summary in summaries.iter_rows():
+            arrivals.append((time.perf_counter(), int(summary["rows"])))
+    return arrivals
+
+
+class _polling:
+    """Calls ``report(counter total)`` every second from a thread while the block runs."""
+
+    def __init__(self, counter, report, every: float = 1.0):
+        self.counter, self.report, self.every = counter, report, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        if exc[0] is None:
+            self._tick()
+
+    def _run(self):
+        while not self.stop.wait(self.every):
+            self._tick()
+
+    def _tick(self):
+        try:
+            self.report(ray.get(self.counter.total.remote(), timeout=10))
+        except Exception:  # noqa: BLE001, S110 - progress is best effort; the pipeline reports
+            pass
+
+
+def new_session() -> str:
+    """A token marking this invocation's attempts in flight (crysray.sample.campaign)."""
+    return uuid.uuid4().hex[:12]
+
+
+def filter_units(store: Storage, todo: list[int], config: FunnelConfig, options, on_unit=None):
+    """The funnel's actor pool over the sampled units ``todo``; ``on_unit(done)`` per unit."""
+    units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
+    stage = add_funnel_stage(units, config, store, options.funnel_replicas, options.funnel_cpus,
+                             options.funnel_gpus)  # fmt: skip
+    for done, _ in enumerate(stage.iter_rows(), start=1):
+        if on_unit:
+            on_unit(done)
 
 
 def add_funnel_stage(
@@ -52,12 +171,12 @@ def add_funnel_stage(
 
     The actors open the run by ``store.location``: an absolute path or a URL, which any node
     can open (the URL holds no credentials)."""
-    cpus, gpus = funnel_resources(ray.cluster_resources(), replicas, cpus, gpus)
+    res = actor_resources(ray.cluster_resources(), replicas, cpus, gpus)
     return dataset.map_batches(
         FunnelUnitWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=replicas),
-        num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus,
         fn_constructor_kwargs={"run_dir": store.location, "config": config.as_dict(),
-                               "torch_threads": max(1, int(cpus))},
+                               "torch_threads": res.threads or 1},
     )  # fmt: skip
 
 
@@ -67,7 +186,7 @@ def decide_run_distributed(store: Storage) -> dict:
     Reads only the columns uniqueness and the counts need from the per-unit funnel files (the
     structure columns once), shuffles the candidates by reduced formula so that one task
     decides each formula group (``decide_formula_group``, as the one-process path does), and
-    writes the decisions as shards under ``funnel/unique/`` from the tasks. The driver
+    writes the decisions as shards under ``funnel/_unique/`` from the tasks. The driver
     receives one small dict of counts per block, never rows.
     """
     keys = [funnel_key(u) for u in filtered_units(store)]
@@ -97,3 +216,70 @@ def _write_shard(rows, location: str):
         return pa.table({"counts": pa.array([], pa.string())})
     counts = write_decision_shard(rows, Storage(location))
     return pa.table({"counts": [json.dumps(counts)]})
+
+
+def train_with_ray(config, workers: int, gpu: bool, threads_per_worker: int, storage: str,
+                   name: str, max_failures: int):  # fmt: skip
+    """DDP training with Ray Train (gloo on CPU, NCCL on GPU); the same storage and name
+    resume. Returns Ray Train's result (metrics, last checkpoint)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=gpu,
+            resources_per_worker=None if gpu else {"CPU": threads_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+    )  # fmt: skip
+    return trainer.fit()
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker: shard the data, wrap in DDP, report checkpoints."""
+    import tempfile
+    from pathlib import Path
+
+    import ray.train
+    import ray.train.torch
+
+    from crysray.cli import load_dataset_splits, prepare_config
+    from crysray.methods.registry import config_from_dict
+    from crysray.train.loop import train
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    config = config_from_dict(loop_config["config"])
+    train_table, val_table = load_dataset_splits(config)
+    config = prepare_config(config, train_table)
+    batch = config.train.batch_size // world  # the global batch stays the configured one
+    steps_per_epoch = len(train_table.batch_indices(batch, shuffle=False, rank=rank,
+                                                    world_size=world, drop_last=True))  # fmt: skip
+    config = config.replace("train", checkpoint_every=max(1, steps_per_epoch))  # once per epoch
+    workdir = Path(tempfile.mkdtemp(prefix=f"crysray-rank{rank}-"))
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            (workdir / "checkpoint.pt").write_bytes((Path(d) / "checkpoint.pt").read_bytes())
+
+    def epoch_batches(epoch: int):
+        return train_table.iterate_batches(batch, shuffle=True, seed=config.train.seed,
+                                           epoch=epoch, rank=rank, world_size=world,
+                                           drop_last=True)  # fmt: skip
+
+    def report(path: Path, record: dict) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(path.parent)) if rank == 0 else None
+        ray.train.report({k: v for k, v in record.items() if v is not None}, checkpoint=checkpoint)
+
+    train(
+        config, epoch_batches, workdir / "checkpoint.pt",
+        val_batches=(lambda: val_table.iterate_batches(512, shuffle=False)) if rank == 0 else None,
+        wrap_model=ray.train.torch.prepare_model, on_checkpoint=report, is_main=rank == 0,
+        rank=rank, device=ray.train.torch.get_device(),
+    )  # fmt: skip

@@ -6,9 +6,14 @@ novelty, relaxation, hull) added, atomically and named by unit, so reruns skip f
 exactly as sampling does. Uniqueness needs the whole run, so ``finalize_run`` decides it at the
 end, comparing crystals only inside groups of equal reduced formula (near-linear cost; one
 ``decide_formula_group`` call per group, in this process or in a Ray Data stage of
-crysray.distributed), and writes shards of decisions under ``funnel/unique/`` and
-``funnel/summary.json``. The run may be a local directory or an object-storage URL
+crysray.distributed), and writes shards of decisions under ``funnel/_unique/`` and
+``funnel/_summary.json``. The run may be a local directory or an object-storage URL
 (crysray.storage); the funnel's files go next to the samples.
+
+Everything in ``funnel/`` that is not a row of the funnel starts with ``_``, which Parquet
+readers skip, so ``pandas.read_parquet(run / "funnel")`` reads exactly the funnel's rows. Runs
+filtered before that hold ``manifest.json``, ``summary.json`` and ``unique/`` instead; they are
+still read (and resumed).
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ from crysray.storage import Location, Storage, storage_of
 from crysray.structures import rows_to_structures
 
 FUNNEL_DIR = "funnel"
-FUNNEL_MANIFEST = "manifest.json"
+FUNNEL_MANIFEST = "_manifest.json"
+FUNNEL_SUMMARY = f"{FUNNEL_DIR}/_summary.json"
+LEGACY_FUNNEL_MANIFEST = "manifest.json"
 PER_UNIT_STAGES = tuple(s for s in STAGES if s != "unique")
-UNIQUE_DIR = f"{FUNNEL_DIR}/unique"  # decision shards: sample_id, unique, duplicate_of
+UNIQUE_DIR = f"{FUNNEL_DIR}/_unique"  # decision shards: sample_id, unique, duplicate_of
+LEGACY_UNIQUE_DIR = f"{FUNNEL_DIR}/unique"
 LEGACY_UNIQUE_FILE = f"{FUNNEL_DIR}/unique.parquet"
 DECISIONS = ("sample_id", "unique", "duplicate_of")
 # what deciding a row needs: who it is, its group, whether it is a candidate, its structure
@@ -52,7 +60,7 @@ def open_funnel(run_dir: Location, config: FunnelConfig, hull: dict) -> None:
     counts would mix hulls; a rerun with the same settings resumes.
     """
     store = storage_of(run_dir)
-    key = f"{FUNNEL_DIR}/{FUNNEL_MANIFEST}"
+    key = _funnel_manifest_key(store)
     if store.exists(key):
         saved = json.loads(store.read_text(key))["config"]
         if saved != config.as_dict():
@@ -67,7 +75,14 @@ def open_funnel(run_dir: Location, config: FunnelConfig, hull: dict) -> None:
 
 
 def read_funnel_manifest(run_dir: Location) -> dict:
-    return json.loads(storage_of(run_dir).read_text(f"{FUNNEL_DIR}/{FUNNEL_MANIFEST}"))
+    store = storage_of(run_dir)
+    return json.loads(store.read_text(_funnel_manifest_key(store)))
+
+
+def _funnel_manifest_key(store: Storage) -> str:
+    """Where this run's funnel manifest is (or goes): the legacy name if a run has it."""
+    legacy = f"{FUNNEL_DIR}/{LEGACY_FUNNEL_MANIFEST}"
+    return legacy if store.exists(legacy) else f"{FUNNEL_DIR}/{FUNNEL_MANIFEST}"
 
 
 class FunnelUnitWorker:
@@ -121,7 +136,8 @@ def finalize_run(run_dir: Location, decide_run=None) -> dict:
     store = storage_of(run_dir)
     clear_decisions(store)  # shards of an earlier finalize would be counted twice
     counts = (decide_run or decide_run_locally)(store)
-    store.write_text(f"{FUNNEL_DIR}/summary.json", json.dumps(counts, indent=1))
+    store.write_text(FUNNEL_SUMMARY, json.dumps(counts, indent=1))
+    store.delete(f"{FUNNEL_DIR}/summary.json")  # a legacy run's summary is now out of date
     return counts
 
 
@@ -142,18 +158,21 @@ def decide_run_locally(store: Storage) -> dict:
 
 
 def clear_decisions(store: Storage) -> None:
-    for name in store.list_names(UNIQUE_DIR, suffix=".parquet"):
-        store.delete(f"{UNIQUE_DIR}/{name}")
+    for folder in (UNIQUE_DIR, LEGACY_UNIQUE_DIR):
+        for name in store.list_names(folder, suffix=".parquet"):
+            store.delete(f"{folder}/{name}")
     store.delete(LEGACY_UNIQUE_FILE)
 
 
 def read_decisions(run_dir: Location, columns: list[str] | None = None) -> pa.Table | None:
     """The run-wide decisions (sample_id, unique, duplicate_of), None before finalize.
 
-    Runs finalized before the decisions were sharded hold them in ``funnel/unique.parquet``.
+    Runs finalized before the decisions were sharded hold them in ``funnel/unique.parquet``,
+    runs finalized before the ``_`` names in ``funnel/unique/``.
     """
     store = storage_of(run_dir)
-    shards = [f"{UNIQUE_DIR}/{n}" for n in store.list_names(UNIQUE_DIR, suffix=".parquet")]
+    shards = [f"{folder}/{n}" for folder in (UNIQUE_DIR, LEGACY_UNIQUE_DIR)
+              for n in store.list_names(folder, suffix=".parquet")]  # fmt: skip
     if shards:
         return store.dataset(shards).to_table(columns=columns)
     if store.exists(LEGACY_UNIQUE_FILE):

@@ -11,7 +11,10 @@ Layout of an output location (a local directory or an object-storage prefix, cry
 
 A unit that fails MAX_UNIT_ATTEMPTS times, by an exception or by killing its replica (e.g. out
 of memory), is given up: it is reported as failed instead of being retried forever, and the
-rest of the run finishes. Delete its attempts file to try it again.
+rest of the run finishes. Delete its attempts file to try it again. An attempt cut short by an
+interruption (Ctrl-C) is not counted: the attempt is marked in flight with the run's session
+token, and the interrupted driver takes the marks of its session back
+(``forget_interrupted_attempts``).
 
 Work unit u covers sample indices [u * unit_size, min((u + 1) * unit_size, num_samples)); its
 targets (crysray.sample.targets) are compositions (CSP: sample k uses composition k mod
@@ -40,6 +43,8 @@ DATA_DIR = "data"
 ATTEMPTS_DIR = "attempts"
 MAX_UNIT_ATTEMPTS = 3
 DIED = "the replica died during the attempt (out of memory?)"
+# what the manifest records about how a run went, besides what the run is
+RUN_RECORDS = ("failed_units", "skipped_compositions")
 
 
 class RunDirectoryError(ValueError):
@@ -96,7 +101,8 @@ def open_run(out_dir: Location, spec: CampaignSpec) -> list[int]:
     out_dir = store.display()
     if store.exists(MANIFEST):
         saved = json.loads(store.read_text(MANIFEST))
-        saved.pop("failed_units", None)
+        for key in RUN_RECORDS:
+            saved.pop(key, None)
         # fields added since a run was written take their defaults, so old runs still resume
         defaults = {
             f.name: f.default if f.default is not MISSING else f.default_factory()
@@ -162,6 +168,40 @@ def record_failures(out_dir: Location) -> dict[int, str]:
     return failed
 
 
+def record_skipped(out_dir: Location, count: int, lines: list[str]) -> None:
+    """Name the composition lines a run skipped in its manifest (the first ones, and how many)."""
+    store = storage_of(out_dir)
+    text = store.read_text(MANIFEST)
+    saved = json.loads(text)
+    saved.pop("skipped_compositions", None)
+    if count:
+        saved["skipped_compositions"] = {"count": count, "lines": lines}
+    if json.dumps(saved, indent=1) != text:
+        store.write_text(MANIFEST, json.dumps(saved, indent=1))
+
+
+def forget_interrupted_attempts(out_dir: Location, session: str) -> int:
+    """Take back the attempts ``session`` had in flight when it was interrupted.
+
+    A replica killed by Ctrl-C did not fail its unit; counting the attempt would give units up
+    after three interruptions. Returns how many attempts were taken back.
+    """
+    store = storage_of(out_dir)
+    taken = 0
+    for name in store.list_names(ATTEMPTS_DIR, "unit-", ".json"):
+        key = f"{ATTEMPTS_DIR}/{name}"
+        record = json.loads(store.read_text(key))
+        if record.get("in_flight") != session:
+            continue
+        taken += 1
+        if record["attempts"] <= 1:
+            store.delete(key)
+        else:
+            before = {"attempts": record["attempts"] - 1, "error": record.get("before")}
+            store.write_text(key, json.dumps(before))
+    return taken
+
+
 def finished_units(out_dir: Location) -> list[int]:
     """Units whose file exists: on object storage, one listing of the prefix."""
     return [unit_of(n) for n in storage_of(out_dir).list_names(DATA_DIR, "unit-", ".parquet")]
@@ -190,8 +230,13 @@ class CampaignWorker:
         targets: Targets,
         threads: int | None = None,
         device: str | None = None,
+        session: str | None = None,
+        progress=None,
     ):
+        """``session``: the driver's token, marked on attempts in flight; ``progress``: an
+        object whose ``add(crystals)`` is called after every network batch (or None)."""
         self.spec = CampaignSpec(**spec)
+        self.session, self.progress = session, progress
         if targets.kind != self.spec.targets or targets.digest() != self.spec.compositions_digest:
             raise ValueError("the campaign's targets do not match its manifest")
         self.store = Storage(out_dir)
@@ -241,11 +286,30 @@ class CampaignWorker:
         start, stop = self.spec.unit_range(unit)
         targets = self.targets.for_unit(start, stop, self.spec.seed, unit)
         key = attempts_key(unit)
-        while (attempt := read_attempts(self.store, unit)["attempts"] + 1) <= MAX_UNIT_ATTEMPTS:
-            self.store.write_text(key, json.dumps({"attempts": attempt, "error": DIED}))
+        while (attempt := (before := read_attempts(self.store, unit))["attempts"] + 1) <= (
+            MAX_UNIT_ATTEMPTS
+        ):
+            in_flight = {"attempts": attempt, "error": DIED, "in_flight": self.session,
+                         "before": before["error"]}  # fmt: skip
+            self.store.write_text(key, json.dumps(in_flight))
             try:
-                return self.sampler.sample_unit(unit, self.spec.seed, targets, first_index=start)
+                return self.sampler.sample_unit(
+                    unit, self.spec.seed, targets, first_index=start, on_batch=self._on_batch
+                )
+            except KeyboardInterrupt:  # an interruption, not a failure of the unit
+                self._take_back(key, before)
+                raise
             except Exception as err:  # noqa: BLE001 - recorded, then retried or given up
                 error = f"{type(err).__name__}: {err}"[:500]
                 self.store.write_text(key, json.dumps({"attempts": attempt, "error": error}))
         return None
+
+    def _take_back(self, key: str, before: dict) -> None:
+        if before["attempts"]:
+            self.store.write_text(key, json.dumps(before))
+        else:
+            self.store.delete(key)
+
+    def _on_batch(self, crystals: int) -> None:
+        if self.progress is not None:
+            self.progress.add(crystals)
