@@ -26,7 +26,8 @@ LAYERS = [
     ("data and training", ["crysray.data", "crysray.train"]),
     ("sampling and funnel", ["crysray.sample", "crysray.filter"]),
     ("evaluation and reports", ["crysray.eval", "crysray.report", "crysray.campaign"]),
-    ("command line and Ray", ["crysray.cli", "crysray.commands", "crysray.distributed"]),
+    ("command line and Ray", ["crysray.cli", "crysray.commands", "crysray.command",
+                              "crysray.console", "crysray.distributed"]),
 ]  # fmt: skip
 
 
