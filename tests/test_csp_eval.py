@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from crystals import perovskite
 from pymatgen.core import Lattice, Structure
 
 from crysray.data.csv import dataset_path
@@ -145,12 +146,6 @@ def test_length_mismatch_raises(perovskites):
 # ---- tightness metrics -------------------------------------------------------------------
 
 
-def _srtio3(shift_o: float = 0.0, a: float = 3.905) -> Structure:
-    """Cubic SrTiO3 by hand; ``shift_o`` moves the first O along x (fractional units)."""
-    frac = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5 + shift_o, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
-    return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"], frac)
-
-
 def test_tightness_counts_unmatched_at_stol():
     out = tightness([0.01, 0.07, None, 0.2])
     assert out["tight_0.05"] == 0.25 and out["tight_0.1"] == 0.5
@@ -162,7 +157,7 @@ def test_tightness_counts_unmatched_at_stol():
 
 
 def test_close_atoms_share_on_hand_built_structures():
-    fine = _srtio3()
+    fine = perovskite()
     # two O atoms 0.3 A apart
     clash = Structure(Lattice.cubic(4.0), ["O", "O", "Ti"], [[0, 0, 0], [0.075, 0, 0], [0.5] * 3])
     # an atom 0.2 A from the periodic image of another, across the cell boundary
@@ -172,8 +167,8 @@ def test_close_atoms_share_on_hand_built_structures():
 
 
 def test_tight_and_loose_matches_separate():
-    target = _srtio3()
-    tight, loose = _srtio3(0.005), _srtio3(0.2)
+    target = perovskite()
+    tight, loose = perovskite(shift_o=0.005), perovskite(shift_o=0.2)
     clash = Structure(
         target.lattice,
         target.species,

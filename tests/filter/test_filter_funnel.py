@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from filter_helpers import perturbed, rock_salt
-from pymatgen.core import Lattice, Structure
+from crystals import perturbed, rock_salt
+from pymatgen.core import Structure
 
 from crysray.data.csv import load_split
 from crysray.filter.actor import StabilityFunnel
@@ -36,16 +36,12 @@ def training(reference_csv):
 @pytest.fixture(scope="module")
 def table(training) -> pa.Table:
     mgo = perturbed(
-        Structure.from_spacegroup(
-            "Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-        ),
+        rock_salt(4.21, ["Mg", "O"]),
         1.03,
         0.02,
     )
     lif = perturbed(
-        Structure.from_spacegroup(
-            "Fm-3m", Lattice.cubic(4.03), ["Li", "F"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-        ),
+        rock_salt(4.03, ["Li", "F"]),
         1.03,
         0.02,
         seed=1,

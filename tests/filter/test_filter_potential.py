@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 from conftest import SHARED_MATGL
-from filter_helpers import arrays, rock_salt
-from pymatgen.core import Lattice, Structure
+from crystals import arrays, cesium_chloride_type, rock_salt
+from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from crysray.filter.graphs import single_point_energies
@@ -21,7 +21,7 @@ EXPECTED = REFERENCE["matgl_4.1.2_load_legacy_model"]
 def reference_structures() -> dict[str, Structure]:
     """Built as described in energies.json ``_structures``."""
     return {
-        "MoS": Structure(Lattice.cubic(4.0), ["Mo", "S"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "MoS": cesium_chloride_type(4.0, ["Mo", "S"]),
         "NaCl": rock_salt(5.69),
         "LiFePO4": Structure.from_file(SHARED_MATGL / "reference" / "LiFePO4.json"),
     }

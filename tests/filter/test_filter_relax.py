@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from filter_helpers import arrays, perturbed, rock_salt
+from crystals import arrays, perturbed, rock_salt
 
 from crysray.data.csv import dataset_path
 from crysray.filter.relax import relax_batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from filter_helpers import perturbed
+from crystals import perturbed, rock_salt
 from pymatgen.core import Lattice, Structure
 
 from crysray.data.csv import load_split
@@ -12,8 +12,7 @@ from crysray.eval.run_dng import sun_rate
 
 
 def _rocksalt(a: float, species: list[str], seed: int) -> Structure:
-    cell = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), species, [[0, 0, 0], [0.5] * 3])
-    return perturbed(cell.get_primitive_structure(), 1.03, 0.02, seed=seed)
+    return perturbed(rock_salt(a, species).get_primitive_structure(), 1.03, 0.02, seed=seed)
 
 
 def _rows(structures: list[Structure]) -> pa.Table:
