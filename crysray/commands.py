@@ -87,7 +87,7 @@ def _add_data(commands) -> None:
     mp.add_argument("--cache-dir", type=Path, default=None,
                     help="default $CRYSRAY_CACHE or ~/.cache/crysray")  # fmt: skip
     mp.add_argument("--workers", type=int, default=2, help="processes for canonicalisation")
-    mp.set_defaults(run=_data_mp)
+    mp.set_defaults(handler=_data_mp)
 
 
 def _eval(args) -> int:
@@ -105,27 +105,27 @@ def parser(prog: str = "crysray") -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=module.__doc__,
                                   formatter_class=HelpFormatter)  # fmt: skip
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(handler=module.run)
     local = commands.add_parser("train", help="train on this machine, no Ray (crysray-train)",
                                 description=train.__doc__, formatter_class=HelpFormatter)
     train.add_local_arguments(local)
-    local.set_defaults(run=train.run_local)
+    local.set_defaults(handler=train.run_local)
     ray_train = commands.add_parser("ray-train", help="train with Ray Train (DDP), resumable",
                                     description=train.__doc__, formatter_class=HelpFormatter)
     train.add_ray_train_arguments(ray_train)
-    ray_train.set_defaults(run=train.run_ray)
+    ray_train.set_defaults(handler=train.run_ray)
     evaluate = commands.add_parser("eval", help="CSP or DNG metrics of a checkpoint "
                                    "(crysray eval csp --help)", add_help=False)  # fmt: skip
     evaluate.add_argument("which", choices=["csp", "dng"])
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
-    evaluate.set_defaults(run=_eval)
+    evaluate.set_defaults(handler=_eval)
     _add_data(commands)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return finish(f"crysray {args.command}", args.run, args)
+    return finish(f"crysray {args.command}", args.handler, args)
 
 
 def job_main(command: str, script: str, description: str, argv: list[str] | None = None) -> int:

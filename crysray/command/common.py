@@ -25,11 +25,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (
-            "default" not in text
-            and action.option_strings
-            and action.default not in (None, False, [], argparse.SUPPRESS)
-        ):
+        if "default" in text or not action.option_strings:
+            return text
+        if action.default == []:  # a repeatable option given no times
+            return text + " (default: none)"
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
             text += " (default: %(default)s)"
         return text
 
