@@ -54,7 +54,7 @@ def funnel_key(unit: int) -> str:
 
 
 def open_funnel(run_dir: Location, config: FunnelConfig, hull: dict) -> None:
-    """Record the funnel settings and hull in ``funnel/manifest.json``; refuse other settings.
+    """Record the funnel settings and hull in ``funnel/_manifest.json``; refuse other settings.
 
     Per-unit funnel files of one run must come from one configuration, or the run-wide
     counts would mix hulls; a rerun with the same settings resumes.
@@ -129,7 +129,7 @@ def pending_funnel_units(run_dir: Location) -> list[int]:
 def finalize_run(run_dir: Location, decide_run=None) -> dict:
     """Run-wide uniqueness, S.U.N. and counts over the finished per-unit funnel files.
 
-    ``decide_run(store) -> counts`` writes the decision shards under ``funnel/unique/`` and
+    ``decide_run(store) -> counts`` writes the decision shards under ``funnel/_unique/`` and
     returns the run's counts; the default decides in this process (``decide_run_locally``),
     crysray.distributed has the same decisions as a Ray Data stage for large runs.
     """

@@ -72,7 +72,9 @@ def add_funnel_arguments(parser: argparse.ArgumentParser) -> None:
         help="Materials Project API key (default: $MP_API_KEY); never written",
     )
     group.add_argument("--funnel-replicas", type=int, default=1, help="MatGL actors")
-    group.add_argument("--funnel-cpus", type=float, default=None, help="CPUs per funnel actor")
+    group.add_argument("--funnel-cpus", type=float, default=None,
+                       help="CPUs per funnel actor (default: 1 with a GPU; on CPUs, all the "
+                       "machine's CPUs but half of one, shared by the actors)")  # fmt: skip
     group.add_argument(
         "--funnel-gpus",
         type=float,
