@@ -1,4 +1,4 @@
-"""The batch type shared by data, networks, methods and samplers.
+"""The batch type shared by data, networks, methods and samplers, and the sample spec.
 
 Crystals of different sizes are concatenated atom-wise (no padding); ``batch_idx`` maps every
 atom to its crystal. Units: lattice in Angstrom with lattice vectors as *rows*, fractional
@@ -54,6 +54,32 @@ class CrystalBatch:
             torch.cat([b.lattice for b in batches]),
             torch.cat([b.atom_types for b in batches]),
             torch.cat([b.num_atoms for b in batches]),
+        )
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What to generate: one crystal per entry of ``num_atoms``.
+
+    ``atom_types`` are the fields the task holds fixed: given for crystal structure prediction
+    (CSP), None for de novo generation (DNG), where the model generates them. ``conditions``
+    holds further per-crystal inputs by name (tensors with B rows) for conditional models. A
+    ``CrystalBatch`` can stand in for a spec (its coordinates and lattice are not read).
+    """
+
+    num_atoms: torch.Tensor  # (B,) long
+    atom_types: torch.Tensor | None = None  # (N,) long, atomic numbers Z; None: generated
+    conditions: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_crystals(self) -> int:
+        return int(self.num_atoms.shape[0])
+
+    @property
+    def batch_idx(self) -> torch.Tensor:
+        """(N,) long: index of the crystal each atom belongs to."""
+        return torch.repeat_interleave(
+            torch.arange(self.num_crystals, device=self.num_atoms.device), self.num_atoms
         )
 
 

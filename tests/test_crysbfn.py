@@ -16,8 +16,9 @@ NET = ["net.hidden_dim=32", "net.num_layers=2", "net.num_freqs=8"]
 LATTICE_STD = 2.0
 
 
-def _model(train_steps=(10,), seed=0) -> CrysBFN:
+def _model(train_steps=(10,), seed=0, extra=()) -> CrysBFN:
     overrides = NET + [f"method.train_steps={list(train_steps)}", "method.noise_bank_size=4096"]
+    overrides += list(extra)
     config = load_config("crysbfn_perov5", overrides).replace("data", lattice_std=LATTICE_STD)
     torch.manual_seed(seed)
     return CrysBFN(config)
@@ -105,7 +106,7 @@ def test_gradient_reaches_every_used_parameter(model, batch):
     # Structurally zero gradients, and nothing else:
     # * embedding rows of atomic numbers absent from the batch;
     # * psi_to_edges columns of the k = 0 sine features, which are identically zero.
-    present = torch.zeros(denoiser.type_embedding.num_embeddings, dtype=torch.bool)
+    present = torch.zeros(denoiser.type_input.num_embeddings, dtype=torch.bool)
     present[batch.atom_types.unique()] = True
     num_freqs = denoiser.backbone.num_freqs
     sine_k0 = torch.zeros(6 * num_freqs, dtype=torch.bool)
@@ -114,7 +115,7 @@ def test_gradient_reaches_every_used_parameter(model, batch):
         assert p.grad is not None, name
         assert bool(torch.isfinite(p.grad).all()), name
         grad = p.grad
-        if name == "type_embedding.weight":
+        if name == "type_input.weight":
             assert bool((grad[~present] == 0).all())
             assert bool((grad[present].abs().sum(1) > 0).all())
         elif name == "backbone.psi_to_edges.weight":
@@ -246,9 +247,14 @@ def test_rollout_feeds_the_models_own_previous_prediction(batch):
     lattice = batch.lattice / LATTICE_STD
     step = torch.tensor([1, 2, 7])
     with Capture(model.denoiser) as capture:
-        centre, lattice_centre, type_centre = model._rollout(
-            batch, x, lattice, None, step, 10, torch.Generator().manual_seed(3)
+        centres = model._rollout(
+            batch,
+            {"frac_coords": x, "lattice": lattice},
+            step,
+            10,
+            torch.Generator().manual_seed(3),
         )
+    centre, lattice_centre = centres["frac_coords"], centres["lattice"]
     ((args, (x_prev, lattice_prev, _)),) = capture.calls
     first = batch.batch_idx == 0
     assert torch.equal(centre[first], x[first]) and torch.equal(lattice_centre[0], lattice[0])
@@ -258,27 +264,25 @@ def test_rollout_feeds_the_models_own_previous_prediction(batch):
     assert torch.equal(args[3], torch.tensor([0.0, 0.0, 0.5]))
     assert torch.equal(lattice_centre[1], torch.zeros(3, 3))
     assert torch.equal(lattice_centre[2], lattice_prev[2])
-    assert type_centre is None  # CSP: the types are given
+    assert "atom_types" not in centres  # CSP: the types are given
 
 
 def test_dng_rollout_centres_the_types_on_the_previous_prediction(batch):
     """DNG with rollout_prob = 1: the type flow of theta_{i-1} is centred on the probabilities
     predicted from theta_{i-2}, as end-back sampling centres it; at i = 1 on the one-hot."""
     model = _dng_model(rollout_prob=1.0)
-    one_hot = torch.nn.functional.one_hot(
-        model.type_indices(batch.atom_types), len(model.type_vocab)
-    ).float()
+    vocab = model.fields["atom_types"].vocab
+    one_hot = torch.nn.functional.one_hot(vocab.indices(batch.atom_types), len(vocab)).float()
     step = torch.tensor([1, 2, 7])
+    clean = {
+        "frac_coords": frac_to_angle(batch.frac_coords),
+        "lattice": batch.lattice / LATTICE_STD,
+        "atom_types": one_hot,
+    }
     with Capture(model.denoiser) as capture:
-        _, _, type_centre = model._rollout(
-            batch,
-            frac_to_angle(batch.frac_coords),
-            batch.lattice / LATTICE_STD,
-            one_hot,
-            step,
-            10,
-            torch.Generator().manual_seed(3),
-        )
+        type_centre = model._rollout(batch, clean, step, 10, torch.Generator().manual_seed(3))[
+            "atom_types"
+        ]
     ((args, (_, _, logits)),) = capture.calls
     # the rollout pass itself sees a type-flow draw (rows summing to 1), not atomic numbers
     assert args[0].shape == one_hot.shape
@@ -291,8 +295,7 @@ def test_dng_rollout_centres_the_types_on_the_previous_prediction(batch):
 
 
 def test_coordinate_weight_cap(batch):
-    capped = _model()
-    capped.config = capped.config.replace("method", coord_weight_cap=50.0)
+    capped = _model(extra=["method.coord_weight_cap=50.0"])  # same weights as plain
     plain = _model()
     g = torch.Generator().manual_seed(11)
     _, m_plain = plain.loss(batch, torch.Generator().manual_seed(11))

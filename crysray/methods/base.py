@@ -8,7 +8,10 @@ What callers rely on, and so what this class fixes:
 - ``sample(spec, steps, generator, **sampler_options)`` returns crystals on the CPU;
 - ``sampler_options`` turns user options into the complete, validated set that a run records
   (manifest and every Parquet row), so two runs with the same record sampled the same way;
-- ``fit_config`` fills in statistics of the training split that the model needs at sampling.
+- ``fit_config`` fills in statistics of the training split that the model needs at sampling
+  (called through crysray.methods.registry.fit_statistics);
+- the generated fields are processes in ``self.fields`` (crysray.methods.fields); the task
+  only decides which are there.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import torch
 from torch import nn
 
 from crysray.config import RunConfig
-from crysray.types import CrystalBatch
+from crysray.methods.fields import fixed_fields
+from crysray.types import CrystalBatch, SampleSpec
 
 
 class GenerativeMethod(nn.Module, ABC):
+    fields: nn.ModuleDict  # field name -> FieldProcess, for the fields the model generates
     name: ClassVar[str]
     default_steps: ClassVar[int]  # what a user gets without choosing
     # sampler name -> its options with defaults; the first sampler is the default one
@@ -50,13 +55,13 @@ class GenerativeMethod(nn.Module, ABC):
     @abstractmethod
     def sample(
         self,
-        spec: CrystalBatch,
+        spec: SampleSpec,
         steps: int,
         generator: torch.Generator | None = None,
         **sampler_options,
     ) -> CrystalBatch:
-        """Generate crystals with ``steps`` sampler steps. For CSP ``spec`` gives atom_types and
-        num_atoms; its coordinates and lattice are ignored. The result is on the CPU."""
+        """Generate crystals with ``steps`` sampler steps: one per ``spec.num_atoms`` entry,
+        with the spec's fixed fields (CSP: its atom types). The result is on the CPU."""
 
     @classmethod
     def fit_config(cls, config: RunConfig, train_table) -> RunConfig:
@@ -99,22 +104,31 @@ class GenerativeMethod(nn.Module, ABC):
                 ) from None
         return resolved
 
-    def register_type_vocabulary(self) -> None:
-        """For de novo generation: buffers mapping type index -> Z (``type_vocab``) and Z ->
-        index (``type_index``, -1 outside the vocabulary), rebuilt from the config."""
-        vocab = torch.tensor(self.config.data.atom_types, dtype=torch.long)
-        size = max(self.config.net.max_atomic_number, int(vocab.max())) + 1
-        index = torch.full((size,), -1)
-        index[vocab] = torch.arange(len(vocab))
-        self.register_buffer("type_vocab", vocab, persistent=False)
-        self.register_buffer("type_index", index, persistent=False)
+    def spec_on_device(self, spec: SampleSpec) -> SampleSpec:
+        """``spec`` (or a CrystalBatch standing in for one) on the model's device; refuses a spec
+        that leaves out a field the model does not generate (CSP: the atom types)."""
+        device = self.device()
+        atom_types = spec.atom_types
+        missing = [k for k, v in fixed_fields(spec).items() if v is None and k not in self.fields]
+        if missing:
+            raise ValueError(
+                f"{self.name} ({self.config.method.task}) is given, not generating, the "
+                f"fields {', '.join(missing)}: the sample spec must hold them"
+            )
+        conditions = getattr(spec, "conditions", {})
+        return SampleSpec(
+            spec.num_atoms.to(device),
+            None if atom_types is None else atom_types.to(device),
+            {k: v.to(device) for k, v in conditions.items()},
+        )
 
-    def type_indices(self, atom_types: torch.Tensor) -> torch.Tensor:
-        """Atomic numbers -> vocabulary indices; refuses types the model cannot generate."""
-        index = self.type_index[atom_types.clamp(0, len(self.type_index) - 1)]
-        if bool((index < 0).any()):  # one host sync per batch, only for DNG training
-            raise ValueError(f"{self.name} dng: the batch holds atom types outside data.atom_types")
-        return index
+    def crystals(self, spec: SampleSpec, states: dict, out: dict, time, generator=None):
+        """The sampled crystals (a CrystalBatch on the CPU): each generated field decoded from
+        its last state and network output (in ``self.fields`` order), the fixed ones taken from
+        ``spec``."""
+        decoded = {k: f.decode(states[k], out[k], time, generator) for k, f in self.fields.items()}
+        fields = {**fixed_fields(spec), **decoded, "num_atoms": spec.num_atoms}
+        return CrystalBatch(**{k: v.cpu() for k, v in fields.items()})
 
     def network_evaluations(self, steps: int, **sampler_options) -> int:
         """Network evaluations per crystal of one ``sample`` call (one per step unless a

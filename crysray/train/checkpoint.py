@@ -17,6 +17,13 @@ from crysray.methods.registry import build_method, config_from_dict
 
 FORMAT = "crysray-checkpoint-v1"
 
+# parameters renamed since checkpoints shipped (old key prefix -> new); every load goes through
+# ``upgrade_state``, so the files themselves never need rewriting
+RENAMED = {
+    # one type-input module for given (embedded Z) and generated (type beliefs) atom types
+    "denoiser.type_embedding.": "denoiser.type_input.",
+}
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the code."""
@@ -38,15 +45,24 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors mean the same to a user
-        # the first line only: torch's unpickling advice is for checkpoints, not for files
-        # that are not one (a CIF, a YAML given as --checkpoint)
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{path} is not a crysray checkpoint (cannot read it: {type(err).__name__}: {first})"
-        ) from None
+        # one line of ours: torch's unpickling advice is about trusting a checkpoint, not
+        # about a file that is none (a CIF or a YAML given as --checkpoint)
+        raise CheckpointError(f"{path} is not a crysray checkpoint ({_unreadable(path, err)})")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a crysray checkpoint (expected format {FORMAT})")
     return payload
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why torch could not read ``path``, in a few words."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+        return "cannot read it: not a file written by torch.save"
+    if "Weights only load failed" in str(err):
+        return "cannot read it: it holds Python objects, not only tensors and plain containers"
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"cannot read it: {type(err).__name__}: {first}"
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "ema"):
@@ -65,6 +81,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
 
 def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
     """``load_state_dict(strict=True)`` with one readable line instead of a long traceback."""
+    state = upgrade_state(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -83,6 +100,18 @@ def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
             f"{source} was written for a different model configuration ({detail})"
         )
     model.load_state_dict(state)
+
+
+def upgrade_state(state: dict) -> dict:
+    """A state dict with parameters saved under an old name (``RENAMED``) under today's."""
+    return {_renamed(key): value for key, value in state.items()}
+
+
+def _renamed(key: str) -> str:
+    for old, new in RENAMED.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
 
 
 def export_inference(src: str | Path, dst: str | Path) -> None:
