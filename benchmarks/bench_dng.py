@@ -98,7 +98,7 @@ def throughput(spec: str, crystals: int, repeats: int, batch_size: int) -> dict:
         "repeats": repeats,
         "atoms_per_crystal": {
             "csp": sum(len(c.atomic_numbers) for c in targets["csp"]) / len(compositions),
-            "dng": sum(len(c.atomic_numbers) for c in targets["dng"]) / len(compositions),
+            "dng": sum(c.num_atoms for c in targets["dng"]) / len(compositions),
         },
         "csp_crystals_per_second": rate["csp"],
         "dng_crystals_per_second": rate["dng"],

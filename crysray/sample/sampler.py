@@ -16,7 +16,7 @@ import torch
 
 from crysray.sample.schema import batch_to_table
 from crysray.train.checkpoint import checkpoint_hash, load_model
-from crysray.types import CrystalBatch
+from crysray.types import SampleSpec
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,22 @@ class Composition:
 
     source_id: str
     atomic_numbers: np.ndarray  # (n,) int
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.atomic_numbers)
+
+
+@dataclass(frozen=True)
+class AtomCount:
+    """A DNG target: a cell of ``num_atoms`` atoms whose types the model generates."""
+
+    num_atoms: int
+    source_id: str = ""
+    atomic_numbers: None = None  # no types given
+
+
+Target = Composition | AtomCount  # one sample of a work unit
 
 
 # bf16: the message-passing backbone under bfloat16 autocast (AMX / tensor cores), heads and
@@ -114,11 +130,12 @@ class CrystalSampler:
         self,
         work_unit: int,
         seed: int,
-        compositions: list[Composition],
+        compositions: list[Target],
         first_index: int = 0,
         on_batch=None,
     ) -> pa.Table:
-        """Crystals for ``compositions`` (CSP), in batches of ``batch_size``, as one table.
+        """Crystals for ``compositions`` (CSP) or atom counts (DNG), in batches of
+        ``batch_size``, as one table.
 
         ``on_batch(crystals)``, if given, is called after each batch (progress within a unit).
         """
@@ -132,7 +149,7 @@ class CrystalSampler:
                 enabled=self.precision == "bf16",
             ):
                 crystals = self.model.sample(
-                    composition_batch(chunk), self.steps, generator, **self.sampler_options
+                    spec_batch(chunk), self.steps, generator, **self.sampler_options
                 )
             tables.append(
                 batch_to_table(
@@ -153,13 +170,18 @@ class CrystalSampler:
         return pa.concat_tables(tables)
 
 
-def composition_batch(compositions: list[Composition]) -> CrystalBatch:
-    """A CSP spec batch: atom types and counts; coordinates and lattice are placeholders."""
-    z = np.concatenate([c.atomic_numbers for c in compositions]).astype(np.int64)
-    counts = np.array([len(c.atomic_numbers) for c in compositions], dtype=np.int64)
-    return CrystalBatch(
-        frac_coords=torch.zeros((len(z), 3)),
-        lattice=torch.zeros((len(counts), 3, 3)),
-        atom_types=torch.from_numpy(z),
-        num_atoms=torch.from_numpy(counts),
-    )
+def spec_batch(targets: list[Target]) -> SampleSpec:
+    """The sample spec of a list of targets: atom counts, and the atom types when the targets
+    give them (compositions, CSP) or None when the model generates them (atom counts, DNG)."""
+    counts = np.array([t.num_atoms for t in targets], dtype=np.int64)
+    given = [t.atomic_numbers is not None for t in targets]
+    if any(given) and not all(given):
+        raise ValueError("a batch mixes compositions (CSP) and atom counts (DNG)")
+    atom_types = None
+    if all(given) and targets:
+        z = np.concatenate([t.atomic_numbers for t in targets]).astype(np.int64)
+        atom_types = torch.from_numpy(z)
+    return SampleSpec(torch.from_numpy(counts), atom_types)
+
+
+composition_batch = spec_batch  # the CSP name the benchmarks use

@@ -1,8 +1,9 @@
 """What a campaign generates, unit by unit: compositions (CSP) or atom counts (DNG).
 
-A ``Targets`` object turns the sample range of a work unit into the ``Composition`` specs the
-sampler batches. Both kinds are deterministic functions of (run seed, unit), so a retried or
-resumed unit regenerates the same rows; ``digest`` identifies the targets in the manifest.
+A ``Targets`` object turns the sample range of a work unit into the targets the sampler batches
+into a ``SampleSpec``: ``Composition`` (atom types given) or ``AtomCount`` (types generated).
+Both kinds are deterministic functions of (run seed, unit), so a retried or resumed unit
+regenerates the same rows; ``digest`` identifies the targets in the manifest.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crysray.sample.sampler import Composition
+from crysray.sample.sampler import AtomCount, Composition, Target
 
 
 class Targets(ABC):
@@ -25,8 +26,8 @@ class Targets(ABC):
         """Short hash of everything that decides the unit specs."""
 
     @abstractmethod
-    def for_unit(self, start: int, stop: int, seed: int, unit: int) -> list[Composition]:
-        """Specs of samples [start, stop) of work unit ``unit``."""
+    def for_unit(self, start: int, stop: int, seed: int, unit: int) -> list[Target]:
+        """Targets of samples [start, stop) of work unit ``unit``."""
 
     def known_compositions(self) -> Iterable[Composition]:
         """Compositions known before sampling (what a hull can be prepared for); none for DNG.
@@ -62,7 +63,7 @@ class CompositionTargets(Targets):
 @dataclass(frozen=True)
 class AtomCountTargets(Targets):
     """DNG: atom counts drawn i.i.d. from ``counts`` (entry n: weight of n-atom cells), with a
-    generator seeded by (run seed, unit); atom types are left to the model (zeros here)."""
+    generator seeded by (run seed, unit); atom types are left to the model."""
 
     counts: tuple[int, ...]
     kind = "atom_counts"
@@ -83,9 +84,9 @@ class AtomCountTargets(Targets):
     def digest(self) -> str:
         return hashlib.sha256(repr(tuple(int(c) for c in self.counts)).encode()).hexdigest()[:16]
 
-    def for_unit(self, start: int, stop: int, seed: int, unit: int) -> list[Composition]:
+    def for_unit(self, start: int, stop: int, seed: int, unit: int) -> list[AtomCount]:
         p = np.asarray(self.counts, dtype=np.float64)
         # a stream separate from the unit's torch generator (which draws the crystals)
         rng = np.random.default_rng([seed, unit, 0x646E67])
         sizes = rng.choice(len(p), size=stop - start, p=p / p.sum())
-        return [Composition("", np.zeros(int(n), dtype=np.int64)) for n in sizes]
+        return [AtomCount(int(n)) for n in sizes]
