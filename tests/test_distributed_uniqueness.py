@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from pymatgen.core import Lattice, Structure
-from support import REPO
+from crystals import cesium_chloride_type, perovskite, rock_salt, rotated_supercell
 
 from crysray.filter.campaign import (
     decide_run_locally,
@@ -29,33 +24,6 @@ from crysray.sample.campaign import unit_key
 from crysray.storage import Storage
 
 ray = pytest.importorskip("ray")
-
-# a checkout of crysray from before the distributed stage, to compare the job's summary with
-PREVIOUS_REPO = (
-    Path(os.environ["CRYSRAY_PREVIOUS_REPO"]) if "CRYSRAY_PREVIOUS_REPO" in os.environ else None
-)
-
-
-def rock_salt(a: float) -> Structure:
-    return Structure.from_spacegroup(
-        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-    )
-
-
-def cesium_chloride_type(a: float, species=("Na", "Cl")) -> Structure:
-    return Structure(Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
-def perovskite(a: float) -> Structure:
-    coords = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
-    return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"], coords)
-
-
-def rotated_supercell(s: Structure) -> Structure:
-    s = s.copy()
-    s.make_supercell([[1, 1, 0], [0, 1, 0], [0, 0, 2]])
-    return s
-
 
 ZERO_CELL = "zero cell"  # a row flagged valid whose lattice cannot be built
 NO_STRUCTURE = "invalid"  # a row that failed the structure stage
@@ -126,18 +94,6 @@ def decisions_by_id(table: pa.Table) -> dict:
     return {r["sample_id"]: (r["unique"], r["duplicate_of"]) for r in rows}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A private local Ray instance whose workers import this checkout's crysray."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
-    )  # fmt: skip
-    yield
-    ray.shutdown()
-
-
 def test_one_process_pass_keeps_the_first_by_sample_id(tmp_path):
     store = write_run(tmp_path / "run")
     table = funnel_table(store)
@@ -151,7 +107,8 @@ def test_one_process_pass_keeps_the_first_by_sample_id(tmp_path):
 
 
 @pytest.mark.slow
-def test_distributed_stage_decides_as_the_driver_pass_and_deterministically(tmp_path, local_ray):
+def test_distributed_stage_decides_as_the_driver_pass_and_deterministically(tmp_path, ray_address):
+    """In this process, a driver of the session's Ray instance."""
     from crysray.distributed import decide_run_distributed
 
     store = write_run(tmp_path / "run")
@@ -168,11 +125,11 @@ def test_distributed_stage_decides_as_the_driver_pass_and_deterministically(tmp_
     assert first.num_rows == table.num_rows  # one decision per row, the local shard replaced
     assert decisions_by_id(first) == local
     assert counts == local_counts
-    assert json.loads(store.read_text("funnel/summary.json")) == local_counts
-    shards = sorted(store.list_names("funnel/unique", suffix=".parquet"))
+    assert json.loads(store.read_text("funnel/_summary.json")) == local_counts
+    shards = sorted(store.list_names("funnel/_unique", suffix=".parquet"))
 
     finalize_run(store, decide_run_distributed)
-    assert sorted(store.list_names("funnel/unique", suffix=".parquet")) == shards
+    assert sorted(store.list_names("funnel/_unique", suffix=".parquet")) == shards
     assert read_decisions(store).sort_by("sample_id").equals(first.sort_by("sample_id"))
     print(f"distributed uniqueness: {table.num_rows} rows in {seconds:.1f} s")
 
@@ -180,38 +137,27 @@ def test_distributed_stage_decides_as_the_driver_pass_and_deterministically(tmp_
 def test_local_decisions_are_one_shard(tmp_path):
     store = write_run(tmp_path / "run")
     counts = decide_run_locally(store)
-    assert store.list_names("funnel/unique") == ["part-local.parquet"]
+    assert store.list_names("funnel/_unique") == ["part-local.parquet"]
     assert counts["passed"]["unique"] == sum(u for u, _ in EXPECTED.values())
 
 
-def run_job(*args, repo=REPO) -> subprocess.CompletedProcess:
-    """jobs/filter_stability.py of the checkout ``repo``, on a private Ray instance."""
-    env = {**os.environ, "PYTHONPATH": str(repo), "RAY_ADDRESS": "local"}
-    return subprocess.run(
-        [sys.executable, str(repo / "jobs" / "filter_stability.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=600, cwd=repo, env=env,
-    )  # fmt: skip
-
-
-def finished_job(store: Storage, mode: str | None, repo=REPO) -> tuple[dict, dict]:
+def finished_job(store: Storage, mode: str, job) -> tuple[dict, dict]:
     """(summary, decisions by sample_id) after the job finalizes the run in ``mode``."""
-    mode_args = ["--uniqueness", mode] if mode else []
-    done = run_job("--run", store.location, "--hull", "local", *mode_args, repo=repo)
+    done = job("filter_stability.py", "--run", store.location, "--hull", "local",
+               "--uniqueness", mode, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["units_filtered_now"] == 0
-    return json.loads(store.read_text("funnel/summary.json")), decisions_by_id(
+    return json.loads(store.read_text("funnel/_summary.json")), decisions_by_id(
         read_decisions(store)
     )
 
 
 @pytest.mark.slow
-def test_funnel_job_summary_is_the_same_either_way(tmp_path):
+def test_funnel_job_summary_is_the_same_either_way(tmp_path, job):
     store = write_run(tmp_path / "run")
     results = {}
-    if PREVIOUS_REPO is not None:  # the job before the stage: funnel/unique.parquet, replaced
-        results["previous"] = finished_job(store, None, PREVIOUS_REPO)
-    results["local"] = finished_job(store, "local")
-    results["distributed"] = finished_job(store, "distributed")
+    results["local"] = finished_job(store, "local", job)
+    results["distributed"] = finished_job(store, "distributed", job)
     assert not store.exists("funnel/unique.parquet")
     for summary, decisions in results.values():
         assert (summary, decisions) == results["local"]
@@ -220,12 +166,12 @@ def test_funnel_job_summary_is_the_same_either_way(tmp_path):
 
 
 @pytest.mark.slow
-def test_distributed_stage_on_object_storage(s3_bucket):
+def test_distributed_stage_on_object_storage(s3_bucket, job):
     """The job's Ray workers read the funnel files and write the shards on S3."""
     store = write_run(s3_bucket.url("run"))
     table = funnel_table(store)
     expected_counts = funnel_counts(with_uniqueness(table, run_uniqueness(table)[0]))
-    summary, decisions = finished_job(store, "distributed")
+    summary, decisions = finished_job(store, "distributed", job)
     assert decisions == EXPECTED and summary == expected_counts
-    shards = [k for k in s3_bucket.objects("run") if k.startswith("run/funnel/unique/part-")]
+    shards = [k for k in s3_bucket.objects("run") if k.startswith("run/funnel/_unique/part-")]
     assert shards and all(k.endswith(".parquet") for k in shards)

@@ -3,34 +3,31 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
 from scipy import stats
-from support import DNG_DATA, REPO, write_tiny_checkpoint
+from support import DNG_DATA, run_job, write_tiny_checkpoint
 
 from crysray.sample.targets import AtomCountTargets, CompositionTargets
 
 
-def run(script: str, *args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / script), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def dng_checkpoint(tmp_path_factory):
+    """A tiny untrained CrysBFN checkpoint of the DNG task."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("dng") / "dng.pt", ["method.task=dng"])
 
 
 def test_atom_count_targets_are_deterministic_per_unit_and_follow_the_distribution():
     targets = AtomCountTargets(DNG_DATA["num_atoms_counts"])
-    first = [len(c.atomic_numbers) for c in targets.for_unit(0, 3000, seed=7, unit=4)]
-    again = [len(c.atomic_numbers) for c in targets.for_unit(0, 3000, seed=7, unit=4)]
-    other = [len(c.atomic_numbers) for c in targets.for_unit(0, 3000, seed=7, unit=5)]
+    first = [c.num_atoms for c in targets.for_unit(0, 3000, seed=7, unit=4)]
+    again = [c.num_atoms for c in targets.for_unit(0, 3000, seed=7, unit=4)]
+    other = [c.num_atoms for c in targets.for_unit(0, 3000, seed=7, unit=5)]
     assert first == again and first != other
     observed = np.bincount(first, minlength=6)[[2, 4, 5]]
     assert stats.chisquare(observed, 3000 * np.array([1, 2, 3]) / 6).pvalue > 1e-3
-    assert {len(c.atomic_numbers) for c in AtomCountTargets.fixed(7).for_unit(0, 9, 0, 0)} == {7}
+    assert {c.num_atoms for c in AtomCountTargets.fixed(7).for_unit(0, 9, 0, 0)} == {7}
     assert targets.digest() != AtomCountTargets.fixed(7).digest()
     assert targets.digest() != CompositionTargets([]).digest()
 
@@ -42,12 +39,13 @@ def test_bad_atom_count_distributions_are_refused(counts):
 
 
 @pytest.mark.slow
-def test_dng_campaign_writes_exactly_n_rows_resumes_and_goes_through_the_funnel(tmp_path):
-    checkpoint = write_tiny_checkpoint(tmp_path / "dng.pt", ["method.task=dng"])
+def test_dng_campaign_writes_exactly_n_rows_resumes_and_goes_through_the_funnel(
+    dng_checkpoint, tmp_path, job
+):
     out = tmp_path / "run"
-    args = ["--checkpoint", checkpoint, "--task", "dng", "--num-samples", 300,
+    args = ["--checkpoint", dng_checkpoint, "--task", "dng", "--num-samples", 300,
             "--unit-size", 60, "--batch-size", 64, "--replicas", 2, "--out", out]  # fmt: skip
-    first = run("mass_sample.py", *args)
+    first = job("mass_sample.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     table = ds.dataset(out / "data").to_table()
     ids = table["sample_id"].to_pylist()
@@ -65,15 +63,15 @@ def test_dng_campaign_writes_exactly_n_rows_resumes_and_goes_through_the_funnel(
     unit = out / "data" / "unit-00000002.parquet"
     before = unit.read_bytes()
     unit.unlink()
-    again = run("mass_sample.py", *args)
+    again = job("mass_sample.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "generated now     60" in again.stdout
     assert ds.dataset(out / "data").to_table().num_rows == 300
     assert unit.read_bytes() == before
 
-    funnel = run("filter_stability.py", "--run", out, "--relax-steps", 5, "--hull", "local")
+    funnel = job("filter_stability.py", "--run", out, "--relax-steps", 5, "--hull", "local")
     assert funnel.returncode == 0, funnel.stderr[-3000:]
-    summary = json.loads((out / "funnel" / "summary.json").read_text())
+    summary = json.loads((out / "funnel" / "_summary.json").read_text())
     assert summary["total"] == 300
 
 
@@ -86,9 +84,9 @@ def test_dng_campaign_writes_exactly_n_rows_resumes_and_goes_through_the_funnel(
         (["--num-samples", 5, "--funnel", "--hull", "mp"], "DNG does not know"),
     ],
 )
-def test_dng_job_input_errors(extra, message, tmp_path):
-    checkpoint = write_tiny_checkpoint(tmp_path / "dng.pt", ["method.task=dng"])
-    result = run("mass_sample.py", "--checkpoint", checkpoint, "--out", tmp_path / "o", *extra)
+def test_dng_job_input_errors(extra, message, dng_checkpoint, tmp_path):
+    result = run_job("mass_sample.py", "--checkpoint", dng_checkpoint, "--out", tmp_path / "o",
+                     *extra)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().startswith("mass_sample: error:") and message in result.stderr
     assert not (tmp_path / "o").exists()
@@ -98,11 +96,11 @@ def test_dng_job_input_errors(extra, message, tmp_path):
 @pytest.mark.parametrize(
     ("method", "variant"), [("crysbfn", None), ("kldm", "d"), ("kldm", "c"), ("kldm", "c-ab")]
 )
-def test_every_method_generates_through_the_job(method, variant, tmp_path):
+def test_every_method_generates_through_the_job(method, variant, tmp_path, job):
     overrides = ["method.task=dng"] + ([f"method.type_variant={variant}"] if variant else [])
     checkpoint = write_tiny_checkpoint(tmp_path / "m.pt", overrides, method=method)
     out = tmp_path / "run"
-    result = run("mass_sample.py", "--checkpoint", checkpoint, "--num-samples", 12,
+    result = job("mass_sample.py", "--checkpoint", checkpoint, "--num-samples", 12,
                  "--unit-size", 6, "--steps", 4, "--out", out)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     table = ds.dataset(out / "data").to_table()

@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pyarrow.dataset as ds
 import pytest
-from support import REPO
+from support import REPO, SHIPPED, run_job
 
 from crysray.filter.campaign import read_decisions
 
-SHIPPED = REPO / "checkpoints" / "crysbfn_perov5.pt"
-
-
-def run(script: str, *args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
-
 
 @pytest.mark.slow
-def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
+def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path, job):
     out = tmp_path / "run"
-    sampled = run(
+    sampled = job(
         "mass_sample.py",
         "--checkpoint",
         SHIPPED,
@@ -42,9 +28,9 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
     )
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     args = ["--run", out, "--relax-steps", 40, "--hull", "local"]
-    first = run("filter_stability.py", *args)
+    first = job("filter_stability.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
-    manifest = json.loads((out / "funnel" / "manifest.json").read_text())
+    manifest = json.loads((out / "funnel" / "_manifest.json").read_text())
     assert manifest["config"]["hull"] == "local" and manifest["config"]["relax_steps"] == 40
     assert manifest["hull"]["name"] == "local" and manifest["hull"]["materials"] > 10000
 
@@ -54,7 +40,7 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
         raw["sample_id"].to_pylist()
     )  # nothing dropped
     assert funnel["pass_structure"].to_pylist() == funnel["valid_structure"].to_pylist()
-    summary = json.loads((out / "funnel" / "summary.json").read_text())
+    summary = json.loads((out / "funnel" / "_summary.json").read_text())
     assert summary["total"] == 24
     assert summary["passed"]["structure"] == sum(raw["valid_structure"].to_pylist())
     relaxed = [s for s in funnel["relax_status"].to_pylist() if s is not None]
@@ -76,10 +62,10 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
     )
 
     before = {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")}
-    again = run("filter_stability.py", *args)
+    again = job("filter_stability.py", *args)
     assert again.returncode == 0 and json.loads(again.stdout)["units_filtered_now"] == 0
     assert {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")} == before
-    other = run(
+    other = job(
         "filter_stability.py",
         "--run",
         out,
@@ -92,11 +78,11 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
         tmp_path / "empty-cache",
     )
     assert other.returncode == 2 and "Materials Project hull cache" in other.stderr
-    changed = run("filter_stability.py", "--run", out, "--relax-steps", 60, "--hull", "local")
+    changed = job("filter_stability.py", "--run", out, "--relax-steps", 60, "--hull", "local")
     assert changed.returncode == 2 and "relax_steps" in changed.stderr  # settings differ: refused
     assert {p.name: p.read_bytes() for p in (out / "funnel").glob("unit-*.parquet")} == before
 
-    report = run("report.py", "--run", out)
+    report = job("report.py", "--run", out)
     assert report.returncode == 0, report.stderr[-3000:]
     data = json.loads((out / "report.json").read_text())
     assert data["crystals"] == 24 and data["funnel"]["total"] == 24
@@ -105,7 +91,7 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path):
 
 
 def test_funnel_job_rejects_a_directory_that_is_not_a_run(tmp_path):
-    result = run("filter_stability.py", "--run", tmp_path)
+    result = run_job("filter_stability.py", "--run", tmp_path)
     assert result.returncode == 2
     assert (
         result.stderr.strip().startswith("filter_stability: error:")
@@ -115,26 +101,12 @@ def test_funnel_job_rejects_a_directory_that_is_not_a_run(tmp_path):
 
 def test_mp_hull_without_a_key_is_one_line(tmp_path):
     out = tmp_path / "run"
-    sampled = run("mass_sample.py", "--checkpoint", REPO / "tests" / "none.pt", "--out", out)
+    sampled = run_job("mass_sample.py", "--checkpoint", REPO / "tests" / "none.pt", "--out", out)
     assert sampled.returncode == 2  # (a missing checkpoint is refused before anything is written)
-    env_free = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "jobs" / "mass_sample.py"),
-            "--out",
-            str(out),
-            "--funnel",
-            "--hull",
-            "mp",
-            "--num-samples",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={k: v for k, v in os.environ.items() if k != "MP_API_KEY"},
-    )
+    env_free = run_job(
+        "mass_sample.py", "--out", out, "--funnel", "--hull", "mp", "--num-samples", 2,
+        timeout=300, env={k: v for k, v in os.environ.items() if k != "MP_API_KEY"},
+    )  # fmt: skip
     assert env_free.returncode == 2 and "MP_API_KEY" in env_free.stderr
     assert len(env_free.stderr.strip().splitlines()) == 1
     assert not out.exists()  # refused before the run directory was created

@@ -4,13 +4,11 @@ reload weights-only, sample, and go through the Ray sampling job to Parquet."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 import torch
-from support import REPO, tiny_config
+from support import tiny_config
 
 from crysray.data.csv import dataset_path, load_split
 from crysray.methods.base import GenerativeMethod
@@ -37,7 +35,7 @@ def test_registered_method_is_a_generative_method(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_train_checkpoint_reload_sample_and_run_the_job(name, crystals, tmp_path):
+def test_train_checkpoint_reload_sample_and_run_the_job(name, crystals, tmp_path, job):
     config = tiny_config(name, ["train.max_steps=6", "train.checkpoint_every=3", "train.threads=1"])
     result = train(
         config,
@@ -60,13 +58,10 @@ def test_train_checkpoint_reload_sample_and_run_the_job(name, crystals, tmp_path
     # the sampling job runs it without knowing which method it is
     run = tmp_path / "run"
     (tmp_path / "formulas.txt").write_text("SrTiO3\nBaTiO3\n")
-    job = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "mass_sample.py"), "--checkpoint",
-         str(tmp_path / "model.pt"), "--compositions", str(tmp_path / "formulas.txt"),
-         "--num-samples", "6", "--unit-size", "3", "--steps", "2", "--out", str(run)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
-    assert job.returncode == 0, job.stderr[-2000:]
+    result = job("mass_sample.py", "--checkpoint", tmp_path / "model.pt", "--compositions",
+                 tmp_path / "formulas.txt", "--num-samples", 6, "--unit-size", 3, "--steps", 2,
+                 "--out", run, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
     table = read_samples(sorted((run / "data").glob("unit-*.parquet")))
     assert table.num_rows == 6 and len(set(table["sample_id"].to_pylist())) == 6
     assert set(table["method"].to_pylist()) == {name}

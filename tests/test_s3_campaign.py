@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from s3_server import DUMMY_KEYS
-from support import REPO
+from support import SHIPPED, run_job
 
 from crysray.filter.campaign import read_decisions
 from crysray.sample.schema import read_samples
 from crysray.storage import Storage
 from crysray.structures import rows_to_structures
 
-SHIPPED = REPO / "checkpoints" / "crysbfn_perov5.pt"
 
-
-def run(script: str, *args, timeout=900) -> subprocess.CompletedProcess:
-    """A job as a user runs it; the environment (the test's S3 endpoint and keys) is inherited."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / script), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-    )  # fmt: skip
-    for secret in DUMMY_KEYS.values():  # credentials are never printed
+def checked(result):
+    """A job's result, once it is clear that the job printed no credentials."""
+    for secret in DUMMY_KEYS.values():
         assert secret not in result.stdout + result.stderr
     return result
+
+
+@pytest.fixture
+def run(job):
+    """A job as a user runs it, on the session's Ray instance; the environment (the test's S3
+    endpoint and keys) is inherited."""
+    return lambda script, *args, **kwargs: checked(job(script, *args, **kwargs))
 
 
 def unit_objects(bucket, prefix: str) -> dict:
@@ -50,7 +49,7 @@ def assert_no_credentials_stored(bucket, prefix: str) -> None:
 
 @pytest.mark.slow
 def test_campaign_on_s3_is_exactly_once_resumes_and_refuses_other_runs(
-    s3_bucket, tiny_checkpoint, formulas_file
+    s3_bucket, tiny_checkpoint, formulas_file, run
 ):
     url = s3_bucket.url("run")
     args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas_file, "--num-samples", 30,
@@ -96,7 +95,8 @@ def test_campaign_on_s3_is_exactly_once_resumes_and_refuses_other_runs(
     ],
 )
 def test_a_bad_out_url_fails_at_start_with_one_line(s3_bucket, tiny_checkpoint, url, message):
-    result = run("mass_sample.py", "--checkpoint", tiny_checkpoint, "--out", url, timeout=300)
+    result = checked(run_job("mass_sample.py", "--checkpoint", tiny_checkpoint, "--out", url,
+                             timeout=300))  # fmt: skip
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
     assert lines[0].startswith("mass_sample: error:") and message in lines[0]
@@ -104,8 +104,8 @@ def test_a_bad_out_url_fails_at_start_with_one_line(s3_bucket, tiny_checkpoint, 
 
 def test_a_prefix_holding_other_files_is_refused(s3_bucket, tiny_checkpoint, formulas_file):
     Storage(s3_bucket.url("mine")).write_text("thesis.tex", "precious")
-    result = run("mass_sample.py", "--checkpoint", tiny_checkpoint, "--compositions",
-                 formulas_file, "--out", s3_bucket.url("mine"), timeout=300)  # fmt: skip
+    args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas_file]
+    result = checked(run_job("mass_sample.py", *args, "--out", s3_bucket.url("mine"), timeout=300))
     assert result.returncode == 2 and "is not empty and is not a crysray sampling run" in (
         result.stderr
     )
@@ -113,7 +113,7 @@ def test_a_prefix_holding_other_files_is_refused(s3_bucket, tiny_checkpoint, for
 
 
 @pytest.mark.slow
-def test_funnel_and_report_read_and_write_an_s3_run(s3_bucket):
+def test_funnel_and_report_read_and_write_an_s3_run(s3_bucket, run):
     url = s3_bucket.url("perov")
     sampled = run("mass_sample.py", "--checkpoint", SHIPPED, "--num-samples", 8,
                   "--unit-size", 4, "--out", url)  # fmt: skip
@@ -123,7 +123,7 @@ def test_funnel_and_report_read_and_write_an_s3_run(s3_bucket):
     assert first.returncode == 0, first.stderr[-3000:]
     assert json.loads(first.stdout)["units_filtered_now"] == 2
     store = Storage(url)
-    summary = json.loads(store.read_text("funnel/summary.json"))
+    summary = json.loads(store.read_text("funnel/_summary.json"))
     assert summary["total"] == 8
     funnel = [k for k in s3_bucket.objects("perov") if k.startswith("perov/funnel/unit-")]
     assert len(funnel) == 2
