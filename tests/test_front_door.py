@@ -348,3 +348,15 @@ def test_jobs_are_thin_and_never_edit_sys_path():
     texts = [p.read_text() for p in jobs.glob("*.py")]
     assert sum(len(t.splitlines()) for t in texts) <= 400
     assert not any("sys.path" in t for t in texts)
+
+
+def test_training_progress_has_a_total_and_an_eta():
+    from support import tiny_config
+
+    from crysray.train.loop import _eta
+
+    config = tiny_config().replace("train", max_steps=1000, max_minutes=0)
+    assert _eta(config, {"step": 250, "elapsed": 10.0}) == "0:30"
+    assert _eta(config, {"step": 0, "elapsed": 0.0}) == "--:--"
+    by_time = config.replace("train", max_minutes=60)  # the minutes run out first
+    assert _eta(by_time, {"step": 10, "elapsed": 45.0}) == "0:15"

@@ -113,10 +113,12 @@ def train(
             state["elapsed"] = (time.monotonic() - start) / 60
             if is_main and state["step"] % t.log_every == 0:
                 log.info(
-                    "step %d epoch %d %.1f min lr %.2e %s",
+                    "step %d/%d epoch %d %.1f min (ETA %s) lr %.2e %s",
                     state["step"],
+                    t.max_steps,
                     state["epoch"],
                     state["elapsed"],
+                    _eta(config, state),
                     optimizer.param_groups[0]["lr"],
                     _fmt(metrics),
                 )
@@ -139,6 +141,18 @@ def train(
             state["epoch"] += 1
             state["batch"] = 0
     return {"step": state["step"], "epoch": state["epoch"], "minutes": state["elapsed"], **metrics}
+
+
+def _eta(config: RunConfig, state: dict) -> str:
+    """Time left, h:mm, by whichever budget (steps or minutes) ends first."""
+    t = config.train
+    done = state["step"] / t.max_steps
+    if t.max_minutes > 0:
+        done = max(done, state["elapsed"] / t.max_minutes)
+    if done <= 0:
+        return "--:--"
+    minutes = round(state["elapsed"] * (1 - min(done, 1.0)) / done)
+    return f"{minutes // 60}:{minutes % 60:02d}"
 
 
 def _finished(config: RunConfig, state: dict) -> bool:
