@@ -83,22 +83,30 @@ def evaluate_csp(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--checkpoint", required=True)
+    from crysray.command.common import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="crysray eval csp", description=__doc__,
+                                     formatter_class=HelpFormatter)  # fmt: skip
+    parser.add_argument("--checkpoint", required=True,
+                        help="inference checkpoint (crysray-train --export), e.g. "
+                        "checkpoints/crysbfn_perov5.pt")  # fmt: skip
     parser.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="dataset split to score against")
     parser.add_argument("--steps", type=int, default=10, help="sampler steps (CrysBFN: N)")
     add_sampler_arguments(parser)
-    parser.add_argument("--subset", type=int, default=None, help="random SUBSET crystals only")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="random SUBSET crystals only (default: all)")  # fmt: skip
     parser.add_argument("--k", type=int, default=1, help="candidates per crystal (@k)")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="first LIMIT crystals only")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batch-size", type=int, default=512, help="crystals per network call")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="first LIMIT crystals only (default: all)")  # fmt: skip
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: backbone under bfloat16 autocast")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="processes for structure matching")
-    parser.add_argument("--out", type=Path, default=None, help="append the result as a JSON line")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="append the result as a JSON line to this file (default: stdout "
+                        "only)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.steps < 1 or args.k < 1:
         parser.error("--steps and --k must be >= 1")

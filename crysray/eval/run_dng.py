@@ -103,15 +103,18 @@ def sun_rate(rows: pa.Table, training_split: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--num-samples", type=int, default=10_000)
+    from crysray.command.common import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="crysray eval dng", description=__doc__,
+                                     formatter_class=HelpFormatter)  # fmt: skip
+    parser.add_argument("--checkpoint", required=True,
+                        help="inference checkpoint (crysray-train --export), e.g. "
+                        "checkpoints/crysbfn_perov5.pt")  # fmt: skip
+    parser.add_argument("--num-samples", type=int, default=10_000, help="crystals to generate")
     parser.add_argument("--steps", type=int, default=None, help="default: the method's")
     add_sampler_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=512, help="crystals per network call")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--workers", type=int, default=1, help="processes for fingerprints")
     parser.add_argument(
         "--sun-samples",
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="run this many of the samples through the stability funnel for the S.U.N. rate",
     )
-    parser.add_argument("--out", type=Path, default=None, help="append the result as a JSON line")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="append the result as a JSON line to this file (default: stdout "
+                        "only)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
