@@ -191,3 +191,20 @@ def test_readme_cluster_command_finds_data_from_the_working_dir_copy(ray_head, t
     # the first Perov-5 test compositions, in order
     first = pd.read_csv(dataset_file("perov_5", "test"), usecols=["material_id"], nrows=6)
     assert sorted(table.column("source_id").to_pylist()) == sorted(first["material_id"].astype(str))
+
+
+@pytest.mark.slow
+def test_a_relative_out_in_a_submitted_job_is_refused(ray_head):
+    """With --working-dir the job runs in a temporary copy of the directory: a relative --out
+    would be written there and lost, so the job refuses it with one line saying why."""
+    job = ["python", "jobs/mass_sample.py", "--num-samples", "2", "--out", "outputs/lost"]
+    cmd = ["ray", "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--",
+           *job]  # fmt: skip
+    result = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=ray_head["env"]
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "failed" in output
+    assert "mass_sample: error: --out outputs/lost is relative, and this job runs in a " \
+        "temporary copy" in output  # fmt: skip
+    assert not (REPO / "outputs" / "lost").exists()
