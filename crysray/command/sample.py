@@ -108,7 +108,7 @@ def sample_with_ray(args, store, plan, funnel) -> dict:
     import time
 
     from crysray.console import Progress, quiet_stderr
-    from crysray.sample.campaign import record_failures
+    from crysray.sample.campaign import finished_units, record_failures
     from crysray.sample.plan import rows_to_do, steady_rate, summarize
 
     args.log_file = log_file(store, "sample")
@@ -118,16 +118,19 @@ def sample_with_ray(args, store, plan, funnel) -> dict:
         print(f"Ray's own output: {args.log_file}", file=sys.stderr)
     with quiet_stderr(args.log_file if needs_ray else None, args.verbose) as terminal:
         if plan.todo:
-            todo = rows_to_do(plan.spec, plan.todo)
+            # units already sampled (and only waiting for the funnel) count as done
+            unsampled = sorted(set(plan.todo) - set(finished_units(store)))
+            todo = rows_to_do(plan.spec, unsampled)
             progress = Progress("sampled", plan.spec.num_samples,
                                 plan.spec.num_samples - todo, stream=terminal)  # fmt: skip
             arrivals = _run_pool(args, store, plan, funnel, progress)
             progress.close()
         elif needs_ray:
             _start(args)
+        seconds = time.perf_counter() - start  # the pools' time, as crystals/s means it
         if funnel is not None:
             _finalize_funnel(args, store)
-    summary = summarize(store, plan, time.perf_counter() - start)
+    summary = summarize(store, plan, seconds)
     summary["steady_crystals_per_second"] = steady_rate(arrivals)
     summary["failed_units"] = record_failures(store)
     return summary
