@@ -40,17 +40,19 @@ MAX_FORMULA_PARTITIONS = 200
 PRIVATE = "local"  # ray.init's address for a new instance of our own
 
 
-def start_ray(address: str | None = None, log_to_driver: bool = False) -> str:
+def start_ray(address: str | None = None, log_to_driver: bool = False,
+              verbose: bool = False) -> str:  # fmt: skip
     """Join ``address`` (or ``$RAY_ADDRESS``), else start a private local instance.
 
     Never ``ray.init()`` bare: that joins whatever cluster someone on this machine started
-    with ``ray start``, and dies when they stop it. Returns what was joined.
+    with ``ray start``, and dies when they stop it. Ray Data's progress bars only with
+    ``verbose`` (the command line draws its own). Returns what was joined.
     """
     address = address or os.environ.get("RAY_ADDRESS") or PRIVATE
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
     # no runtime_env here, so Ray can use its prestarted worker processes
     ray.init(address=address, log_to_driver=log_to_driver)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is per crystal
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
     return address
 
 

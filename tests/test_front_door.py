@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import run_job, start_job
+from support import start_job
 
 from crysray import commands
 from crysray.command.common import HelpFormatter, ray_failure
@@ -40,7 +40,8 @@ def sample_options(**given) -> argparse.Namespace:
 
 
 @pytest.mark.slow
-def test_ctrl_c_is_one_line_not_a_failed_attempt_and_the_rerun_finishes(tiny_checkpoint, tmp_path):
+def test_ctrl_c_is_one_line_not_a_failed_attempt_and_the_rerun_finishes(tiny_checkpoint, tmp_path,
+                                                                         job):  # fmt: skip
     out = tmp_path / "run"
     formulas = tmp_path / "f.txt"
     formulas.write_text("SrTiO3\nBaTiO3\nCa2Ti2O6\n")
@@ -57,9 +58,12 @@ def test_ctrl_c_is_one_line_not_a_failed_attempt_and_the_rerun_finishes(tiny_che
     assert proc.returncode == 130, output[-3000:]
     assert "mass_sample: interrupted; rerun the same command to resume" in output
     assert "Traceback" not in output and "died" not in output
+    # Ray's own lines went to the run's log, not the terminal
+    assert "Started a local Ray instance" not in output
+    assert "Started a local Ray instance" in (out / "logs" / "sample.log").read_text()
     records = [json.loads(p.read_text()) for p in (out / "attempts").glob("*.json")]
     assert records == []  # the interrupted attempts are not counted
-    again = run_job("mass_sample.py", *args)
+    again = job("mass_sample.py", *args)  # resumed on the session's Ray instance
     assert again.returncode == 0, again.stderr[-3000:]
     # the rows as people read them: pandas on the data folder
     frame = pd.read_parquet(out / "data")
@@ -276,6 +280,21 @@ def test_a_run_filtered_before_the_underscore_names_still_reads_and_resumes(tmp_
 
 
 # ---- rates and progress ---------------------------------------------------------------------
+
+
+def test_ray_output_goes_to_the_log_unless_verbose(tmp_path, capfd):
+    from crysray.console import quiet_stderr
+
+    log = tmp_path / "logs" / "sample.log"
+    with quiet_stderr(log) as terminal:
+        os.write(2, b"(raylet) a state dump\n")  # what Ray and its C++ core write
+        terminal.write("sampled  1/2 crystals\n")
+    err = capfd.readouterr().err
+    assert "sampled  1/2 crystals" in err and "state dump" not in err
+    assert "state dump" in log.read_text()
+    with quiet_stderr(log, verbose=True):
+        os.write(2, b"(raylet) shown with --verbose\n")
+    assert "shown with --verbose" in capfd.readouterr().err
 
 
 def test_the_steady_rate_needs_units_and_time():

@@ -47,7 +47,7 @@ def run(args) -> int:
         with quiet_stderr(args.log_file, args.verbose) as terminal:
             from crysray.distributed import decide_run_distributed, filter_units, start_ray
 
-            start_ray(args.address)
+            start_ray(args.address, verbose=args.verbose)
             if todo:
                 progress = Progress("filtered", len(todo), unit="units", stream=terminal)
                 filter_units(store, todo, config, args, on_unit=progress.update_to)

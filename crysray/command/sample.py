@@ -139,7 +139,7 @@ def sample_with_ray(args, store, plan, funnel) -> dict:
 def _start(args) -> None:
     from crysray.distributed import new_session, start_ray
 
-    start_ray(args.address)
+    start_ray(args.address, verbose=args.verbose)
     args.session = new_session()
 
 
