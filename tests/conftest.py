@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny untrained checkpoint, a small composition file, the S3 test server
-and one local Ray instance for the jobs of the whole test session."""
+"""Shared fixtures: a tiny untrained checkpoint, a small composition file, the S3 test server,
+one local Ray instance for the jobs of the whole test session, and the ``needs_shared`` skip."""
 
 from __future__ import annotations
 
@@ -12,6 +12,48 @@ from pathlib import Path
 import pytest
 import torch
 from support import REPO, run_job, write_tiny_checkpoint
+
+from crysray.resources import ResourceError, shared_dirs
+
+# Datasets and MatGL models come from ../shared next to the checkout (or the folders the
+# environment names), the documented way; the tests never download. Without them, a test that
+# reads one in this process (its ResourceError), or is marked needs_shared (its jobs read one),
+# is skipped with this line.
+NO_SHARED = (
+    None
+    if shared_dirs() or (os.environ.get("CRYSRAY_DATA_DIR") and os.environ.get("CRYSRAY_MATGL_DIR"))
+    else "needs ../shared next to the checkout (or $CRYSRAY_DATA_DIR and $CRYSRAY_MATGL_DIR): "
+    "the tests run offline"
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    if NO_SHARED and item.get_closest_marker("needs_shared"):
+        pytest.skip(NO_SHARED)
+    try:
+        return (yield)
+    except ResourceError:
+        if NO_SHARED:
+            pytest.skip(NO_SHARED)
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    except ResourceError:
+        if NO_SHARED:
+            pytest.skip(NO_SHARED)
+        raise
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """For fixtures that read datasets or MatGL models: skips their tests without them."""
+    if NO_SHARED:
+        pytest.skip(NO_SHARED)
 
 
 @pytest.fixture(autouse=True)

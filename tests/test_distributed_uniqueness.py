@@ -153,6 +153,7 @@ def finished_job(store: Storage, mode: str, job) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_funnel_job_summary_is_the_same_either_way(tmp_path, job):
     store = write_run(tmp_path / "run")
     results = {}
@@ -166,6 +167,7 @@ def test_funnel_job_summary_is_the_same_either_way(tmp_path, job):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_distributed_stage_on_object_storage(s3_bucket, job):
     """The job's Ray workers read the funnel files and write the shards on S3."""
     store = write_run(s3_bucket.url("run"))

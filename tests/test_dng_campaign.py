@@ -39,6 +39,7 @@ def test_bad_atom_count_distributions_are_refused(counts):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_dng_campaign_writes_exactly_n_rows_resumes_and_goes_through_the_funnel(
     dng_checkpoint, tmp_path, job
 ):

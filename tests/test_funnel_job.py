@@ -13,6 +13,7 @@ from crysray.filter.campaign import read_decisions
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path, job):
     out = tmp_path / "run"
     sampled = job(

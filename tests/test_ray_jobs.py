@@ -24,6 +24,7 @@ from crysray.train.checkpoint import read_checkpoint
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_ray_train_two_workers_checkpoint_loads_and_samples(tmp_path):
     from crysray.data.csv import dataset_path, load_split
 
@@ -72,9 +73,10 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
-    """A Ray head of our own on loopback (own temp dir and ports), with token auth.
+    """A Ray head of our own on loopback (own temp dir and ports), with token auth, shared by
+    this module's tests (each submits its own jobs and writes to its own folder).
 
     ``ray start --block`` keeps the head's processes as its children in a new session; stopping
     it (SIGTERM to that one process, then its process group if anything lingers) ends exactly
@@ -180,6 +182,7 @@ def test_ray_job_submit_mass_sample(ray_head, tiny_checkpoint, formulas_file, tm
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_readme_cluster_command_finds_data_from_the_working_dir_copy(ray_head, tmp_path):
     """The README's `ray job submit --working-dir . -- python jobs/mass_sample.py ...` from the
     repository root, defaults only: shipped checkpoint, Perov-5 test compositions found without

@@ -113,6 +113,7 @@ def test_a_prefix_holding_other_files_is_refused(s3_bucket, tiny_checkpoint, for
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_funnel_and_report_read_and_write_an_s3_run(s3_bucket, run):
     url = s3_bucket.url("perov")
     sampled = run("mass_sample.py", "--checkpoint", SHIPPED, "--num-samples", 8,

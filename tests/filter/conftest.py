@@ -18,7 +18,6 @@ from crysray.filter.energy import load_elemental_references
 from crysray.filter.local_hull import LocalHull
 from crysray.filter.potential import default_model_path, load_potential
 
-SHARED_MATGL = default_model_path().parent
 REFERENCE_ROWS = 40
 
 
@@ -29,12 +28,18 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def potential():
-    return load_potential(SHARED_MATGL / "M3GNet-MP-2021.2.8-PES", device="cpu")
+def shared_matgl(shared_data) -> Path:
+    """The folder of the MatGL models (../shared/matgl), with their reference energies."""
+    return default_model_path().parent
 
 
 @pytest.fixture(scope="session")
-def reference_csv(tmp_path_factory) -> Path:
+def potential(shared_matgl):
+    return load_potential(shared_matgl / "M3GNet-MP-2021.2.8-PES", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_csv(tmp_path_factory, shared_data) -> Path:
     """The first REFERENCE_ROWS rows of the pilot train split, as their own CSV file."""
     frame = pd.read_csv(dataset_path("mp_20_pilot", "train"), nrows=REFERENCE_ROWS)
     path = tmp_path_factory.mktemp("reference-data") / "train_head.csv"
@@ -53,5 +58,5 @@ def hull(reference_csv, reference_cache):
 
 
 @pytest.fixture(scope="session")
-def references():
+def references(shared_data):
     return load_elemental_references()
