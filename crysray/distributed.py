@@ -51,9 +51,17 @@ def start_ray(address: str | None = None, log_to_driver: bool = False,
     address = address or os.environ.get("RAY_ADDRESS") or PRIVATE
     # crysray is importable on every worker (pip install, or `ray job submit --working-dir`);
     # no runtime_env here, so Ray can use its prestarted worker processes
-    ray.init(address=address, log_to_driver=log_to_driver)
+    try:
+        ray.init(address=address, log_to_driver=log_to_driver)
+    except Exception as err:  # Ray raises builtin types here (timeouts, connection errors)
+        what = "start a private Ray instance" if address == PRIVATE else f"join Ray at {address}"
+        raise RayFailure(f"could not {what}: {type(err).__name__}: {err}") from err
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     return address
+
+
+class RayFailure(RuntimeError):
+    """Ray itself failed (could not start, or lost its processes): not the input's fault."""
 
 
 @ray.remote(num_cpus=0)

@@ -113,6 +113,27 @@ def test_a_ray_failure_is_one_line_naming_what_a_worker_raised():
     assert "\n" not in ray_failure(ActorDiedError("GCS unreachable\n" + "state dump\n" * 90))
 
 
+def test_a_ray_that_will_not_start_is_one_line(monkeypatch, capsys):
+    """A Ray that times out at start (an overloaded machine) raises builtin types: still one
+    line, not a traceback."""
+    import ray
+
+    from crysray import distributed
+    from crysray.command.common import finish
+
+    def timeout(**kwargs):
+        message = "The current node timed out during startup.\n" + "raylet log\n" * 50
+        raise Exception(message)  # noqa: TRY002 - what Ray raises here
+
+    monkeypatch.setattr(ray, "init", timeout)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code = finish("mass_sample", lambda args: distributed.start_ray(), argparse.Namespace())
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and "\n" not in err
+    assert err.startswith("mass_sample: error: could not start a private Ray instance: "
+                          "Exception: The current node timed out during startup.")  # fmt: skip
+
+
 # ---- composition files ----------------------------------------------------------------------
 
 

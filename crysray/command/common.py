@@ -98,7 +98,8 @@ def finish(name: str, run, args) -> int:
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # Ray's own failures: one line, the details in the log
-        if not type(err).__module__.startswith("ray"):
+        # Ray's own exceptions, and ours for a Ray that would not start (crysray.distributed)
+        if not type(err).__module__.startswith(("ray", "crysray.distributed")):
             raise
         where = getattr(args, "log_file", None)
         details = f"; details in {where}" if where else ""
@@ -111,6 +112,8 @@ def ray_failure(err: Exception) -> str:
     """One line for a failure Ray reports: the error a worker raised if Ray's message carries
     one (e.g. a replica that could not load its checkpoint), else Ray's own first line."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # Ray colours its messages
+    if type(err).__name__ == "RayFailure":  # crysray.distributed's own words
+        return (text.strip().splitlines() or [""])[0][:400]
     raised = [line for line in text.splitlines() if _RAISED.match(line)]
     if raised:
         kind, _, message = raised[-1].partition(": ")
