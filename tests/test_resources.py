@@ -116,7 +116,10 @@ def _files_under(folder: Path) -> list[Path]:
 
 
 @needs_shared
-@pytest.mark.parametrize("dataset, split", [("perov_5", "test"), ("mp_20_pilot", "val")])
+@pytest.mark.parametrize(
+    "dataset, split",
+    [("perov_5", "test"), pytest.param("mp_20_pilot", "val", marks=pytest.mark.slow)],
+)
 def test_download_lands_verified_in_the_cache_and_loads(
     dataset, split, server, fresh_machine, monkeypatch
 ):

@@ -29,6 +29,7 @@ def _rows(structures: list[Structure]) -> pa.Table:
     )
 
 
+@pytest.mark.slow
 def test_sun_counts_only_stable_unique_novel_rows_of_all_rows(reference_csv):
     training = load_split(reference_csv, workers=1)
     known = training.structures([list(training.material_id).index("mp-30875")])[0]  # Ti2Sn
