@@ -259,15 +259,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from crysray.cli import load_dataset_splits, prepare_config
-    from crysray.methods.registry import config_from_dict
+    from crysray.methods.registry import config_from_dict, fit_statistics
+    from crysray.train.local import load_dataset_splits
     from crysray.train.loop import train
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     config = config_from_dict(loop_config["config"])
     train_table, val_table = load_dataset_splits(config)
-    config = prepare_config(config, train_table)
+    config = fit_statistics(config, train_table)
     batch = config.train.batch_size // world  # the global batch stays the configured one
     steps_per_epoch = len(train_table.batch_indices(batch, shuffle=False, rank=rank,
                                                     world_size=world, drop_last=True))  # fmt: skip

@@ -25,9 +25,11 @@ LAYERS = [
     ("maths", ["crysray.nets", "crysray.methods"]),
     ("data and training", ["crysray.data", "crysray.train"]),
     ("sampling and funnel", ["crysray.sample", "crysray.filter"]),
-    ("evaluation and reports", ["crysray.eval", "crysray.report", "crysray.campaign"]),
+    ("evaluation and reports", ["crysray.eval", "crysray.report"]),
+    # the evaluation entry points (python -m crysray.eval.run_csp) are command lines too
     ("command line and Ray", ["crysray.cli", "crysray.commands", "crysray.command",
-                              "crysray.console", "crysray.distributed"]),
+                              "crysray.console", "crysray.distributed", "crysray.eval.run_csp",
+                              "crysray.eval.run_dng"]),
 ]  # fmt: skip
 
 

@@ -27,8 +27,8 @@ def add_local_arguments(p: argparse.ArgumentParser) -> None:
 def run_local(args) -> int:
     import logging
 
-    from crysray.cli import run_local_training
     from crysray.train.checkpoint import export_inference
+    from crysray.train.local import run_local_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = _load_config(args.config, args.overrides)
