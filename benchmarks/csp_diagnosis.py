@@ -78,7 +78,7 @@ def sample_variant(
     handoff=0,
     handoff_parts=("coords", "lattice"),
 ):
-    """End-back (as shipped) or the sequential BFN update ("vanilla", docs §2) sampler.
+    """End-back (as shipped) or the sequential BFN update ("vanilla", docs C2) sampler.
 
     With ``truth`` and ``handoff`` = k, the inputs of steps 2..k are drawn around the true
     structure (as in training; only the ``handoff_parts`` of it) and the sampler takes over.

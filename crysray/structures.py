@@ -19,7 +19,7 @@ Two levels of "good", kept apart on purpose:
   crysray adds: finite numbers, non-zero lattice vectors and at least one atom. The sample
   rows' ``valid_structure``, the funnel's ``pass_structure`` and the CSP/DNG metrics all use it.
 
-Canonical form (docs/crysbfn.md §1): Niggli-reduce (``get_reduced_structure``, no primitive
+Canonical form (docs/methods.md C1): Niggli-reduce (``get_reduced_structure``, no primitive
 search), rebuild the lattice from its parameters with ``Lattice.from_parameters`` so the
 orientation is pymatgen's fixed convention, and wrap fractional coordinates into [0, 1).
 """
@@ -67,7 +67,7 @@ def canonical_structure(s: Structure) -> Structure:
     """Niggli cell with pymatgen's fixed lattice orientation and frac coords in [0, 1).
 
     The lattice depends only on the crystal, not on the input's Cartesian frame or on the
-    choice of (equal-volume) basis. One addition to docs/crysbfn.md §1: Niggli cells with a
+    choice of (equal-volume) basis. An addition (docs/methods.md C1): Niggli cells with a
     right angle are made all-obtuse (see ``_obtuse_when_ambiguous``), otherwise rounding noise
     picks between two valid Niggli cells.
     """

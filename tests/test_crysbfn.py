@@ -1,4 +1,4 @@
-"""crysray.methods.crysbfn: loss, gradients and end-back sampling (docs/crysbfn.md §2-§4)."""
+"""crysray.methods.crysbfn: loss, gradients and end-back sampling (docs/methods.md C2-C4)."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def test_lattice_prediction_is_zero_for_zero_lattice(model, batch):
 
 
 def test_first_step_of_loss_sees_prior_and_predicts_zero_lattice(batch):
-    """N = 1: every crystal is at i = 1, where the input is the prior (docs §2, §3)."""
+    """N = 1: every crystal is at i = 1, where the input is the prior (docs C2, C3)."""
     model = _model(train_steps=(1,))
     with Capture(model.denoiser) as capture:
         _, metrics = model.loss(batch, torch.Generator().manual_seed(6))

@@ -1,6 +1,6 @@
 """crysray.nets.cspnet via the CrysBFN denoiser: graph, symmetries, split edge layer.
 
-Spec: docs §4, §8.8.
+Spec: docs C4, C8.8.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def test_fourier_features_layout():
 @pytest.mark.parametrize("layer_index", [0, 1])
 def test_split_edge_layer_equals_unsplit_linear(model, inputs, layer_index):
     """silu(Linear([h_i, h_j, vec(L L^T), psi_ij])) with one concatenated weight matrix equals
-    what the layer feeds to its second edge Linear (docs §8.8)."""
+    what the layer feeds to its second edge Linear (docs C8.8)."""
     backbone = model.denoiser.backbone
     layer = backbone.layers[layer_index]
     hidden = layer.norm.normalized_shape[0]
@@ -242,7 +242,7 @@ def test_split_edge_layer_equals_unsplit_linear(model, inputs, layer_index):
     h_bar = layer.norm(captured["h"])
     lattice = inputs["lattice"]
     gram = (lattice @ lattice.transpose(1, 2)).reshape(-1, 9)
-    delta = wrap(inputs["m"][dst] - inputs["m"][src])  # Delta_ij = wrap(m_j - m_i), docs §4
+    delta = wrap(inputs["m"][dst] - inputs["m"][src])  # Delta_ij = wrap(m_j - m_i), docs C4
     k = torch.arange(backbone.num_freqs, dtype=torch.float64)
     phase = delta.unsqueeze(-1) * k  # (E, 3, K)
     psi = torch.cat([phase.sin(), phase.cos()], dim=-1).flatten(1)

@@ -1,4 +1,4 @@
-"""crysray.methods.flows: von Mises and Gaussian Bayesian flows (docs/crysbfn.md §2, §3, §8.7)."""
+"""crysray.methods.flows: von Mises and Gaussian Bayesian flows (docs/methods.md C2, C3, C8.7)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_bayesian_update_is_complex_sum():
 
 
 def test_bayesian_update_can_lower_concentration():
-    # opposite observation: c' = |c - alpha| < c (docs §2: accuracy is not additive)
+    # opposite observation: c' = |c - alpha| < c (docs C2: accuracy is not additive)
     m, c = torch.tensor([0.3]), torch.tensor([5.0])
     _, c2 = bayesian_update(m, c, m + math.pi, 2.0)
     assert float(c2) == pytest.approx(3.0, abs=1e-5)
@@ -175,7 +175,7 @@ def test_coordinate_loss_weights_n1000():
     alphas, weights, bank = VonMisesFlow(BETA1, bank_size=1024).tables(1000)
     assert alphas.shape == weights.shape == (1000,)
     assert bank.angle.shape == (1024, 1001)
-    # N alpha A(alpha), docs §2
+    # N alpha A(alpha), docs C2
     expected = 1000 * alphas.double() * bessel_ratio(alphas.double())
     assert torch.allclose(weights.double(), expected, rtol=1e-6)
     for i, value, rel in [(1, 7.75, 0.01), (500, 156, 0.02), (900, 3551, 0.02), (1000, 7706, 0.02)]:
@@ -206,7 +206,7 @@ def test_entropy_condition():
     c = torch.tensor([0.0, 1e-7, 1.0, 1e3, 5.0])
     index = torch.tensor([0, 3, 3, 3, 0])
     u = flow.entropy_condition(c, index)
-    expected = (torch.log(c + 1e-7) + 16.1181) / 23.0259  # docs §2 for beta1 = 1e3
+    expected = (torch.log(c + 1e-7) + 16.1181) / 23.0259  # docs C2 for beta1 = 1e3
     assert float(u[0]) == 0.0 and float(u[4]) == 0.0  # prior
     assert torch.allclose(u[1:4], expected[1:4], atol=1e-4)
     assert float(u[3]) == pytest.approx(1.0, abs=1e-6)

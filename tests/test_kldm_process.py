@@ -100,7 +100,7 @@ def test_small_t_variances_are_accurate_in_float32():
         ]:
             assert got.dtype == torch.float32
             assert abs(float(got) / float(exact) - 1) < 1e-6, (t, float(got), float(exact))
-    # the released float32 form 2t + 8/(1+e^t) - 4 is what this guards against (docs/kldm.md §6.2)
+    # the released float32 form 2t + 8/(1+e^t) - 4 is what this catches (docs/methods.md K6.2)
     t = torch.tensor(0.02, dtype=torch.float32)
     naive = 2 * t + 8 / (1 + torch.exp(t)) - 4
     assert abs(float(naive) / float(kp.var_r_conditional(t)) - 1) > 0.1
@@ -181,7 +181,7 @@ def test_noise_and_targets_are_mean_free_per_crystal():
     wn = fields["full"] + draw.eps_v / torch.sqrt(kp.var_v(t) + kp.SQRT_EPS)
     assert (wn - kp.drift_coef(t) * kp.wn_term(draw, t, batch_idx, b)).abs().max() < 1e-3
     # when images are negligible the simplified target is +eps_r (S_WN has the sign of r - mu_r;
-    # docs/kldm.md §1.5 says -eps_r, which contradicts its own definition of S_WN)
+    # docs/methods.md K1.5: +eps_r; -eps_r would contradict the definition of S_WN)
     small = batch_idx == 1  # tau = 0.001
     y = kp.simplified_target(draw, t, batch_idx, b, lam)
     assert small.any()

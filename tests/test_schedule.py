@@ -1,4 +1,4 @@
-"""crysray.methods.schedule: the linear-entropy accuracy schedule (docs/crysbfn.md §2)."""
+"""crysray.methods.schedule: the linear-entropy accuracy schedule (docs/methods.md C2)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_solve_alphas_reproduces_reference_schedule(alphas_1000):
     a = alphas_1000
     assert a.shape == (1000,) and a.dtype == np.float64 and np.all(np.isfinite(a))
     assert np.all(a > 0)
-    # docs §2: values of the reference cache file linear_entropy_alphas_s1000_1000.0.pt
+    # docs C2: values of the reference cache file linear_entropy_alphas_s1000_1000.0.pt
     assert a[0] == pytest.approx(0.1246, rel=1e-3)
     # the reference solved against a noisy 1e5-sample objective: ~1% scatter in the flat part
     assert a[99] == pytest.approx(0.1260, rel=2e-2)
@@ -110,7 +110,7 @@ def _simulate_mean_concentration(alphas: np.ndarray, walks: int, seed: int) -> n
 
 
 # The schedule assumes the previous belief sits exactly on x, so the real flow's mean
-# concentration falls a little short in the middle (docs §2): the entropy of E[c_i] sits at
+# concentration falls a little short in the middle (docs C2): the entropy of E[c_i] sits at
 # most ~0.11 nats above the linear target with the solved alphas (N = 20 and 50), while naive
 # alphas beta_i - beta_{i-1} overshoot by 0.45 (N = 20) to 0.77 nats (N = 50).
 ENTROPY_TOL = 0.15

@@ -1,6 +1,6 @@
 """CDVAE-format CSV splits -> canonical CrystalTable, cached as Parquet.
 
-Each row's ``cif`` is parsed and canonicalised (crysray.structures, docs/crysbfn.md §1) in a
+Each row's ``cif`` is parsed and canonicalised (crysray.structures, docs/methods.md C1) in a
 process pool. Rows that fail are skipped and counted, never fatal. The result is cached under
 a key made of the file's sha256 and PROCESSING_VERSION, so a second load reads Parquet only.
 """

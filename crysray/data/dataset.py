@@ -162,7 +162,7 @@ class CrystalTable:
     def lattice_std(self) -> float:
         """Pooled population std of all 9 entries of all lattice matrices (Angstrom).
 
-        The lattice scale s of docs/crysbfn.md §1 (Perov-5 train: 1.9612).
+        The lattice scale s of docs/methods.md C1 (Perov-5 train: 1.9612).
         """
         return float(self.lattice.std())
 

@@ -1,4 +1,4 @@
-"""Crystal structure prediction metrics: match rate and RMSE (docs/crysbfn.md §6).
+"""Crystal structure prediction metrics: match rate and RMSE (docs/evaluation.md E2).
 
 A prediction matches its target when it is struct-valid (crysray.structures) and
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` finds a mapping; its RMSE is

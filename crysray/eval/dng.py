@@ -1,4 +1,4 @@
-"""De novo generation metrics (the CDVAE protocol the papers report; docs/crysbfn.md §6).
+"""De novo generation metrics (the CDVAE protocol the papers report; docs/evaluation.md E3).
 
 - validity: structural (volume >= 0.1 A^3, all distances >= 0.5 A) and compositional (SMACT
   charge neutrality with the Pauling electronegativity test);

@@ -1,4 +1,4 @@
-"""Sample a checkpoint on a dataset split and score it (CSP match rate / RMSE, docs §6).
+"""Sample a checkpoint on a dataset split and score it (CSP match rate / RMSE, docs E2).
 
 Besides match rate and RMSE over matches it reports the tightness metrics of
 ``crysray.eval.csp``: ``tight_0.05`` / ``tight_0.1`` (share of crystals matched with RMSE below

@@ -1,8 +1,8 @@
-"""CrysBFN: periodic Bayesian flow network for crystals (docs/crysbfn.md).
+"""CrysBFN: periodic Bayesian flow network for crystals (docs/methods.md).
 
 Coordinates are angles on the torus with a von Mises flow and entropy conditioning, the
 lattice is a Gaussian flow on the normalised 3x3 matrix. Crystal structure prediction (CSP):
-atom types are given. Sampling uses the end-back strategy (docs §2 "Sampling").
+atom types are given. Sampling uses the end-back strategy (docs C2 "Sampling").
 
 Deliberate departure from the reference: the network sees continuous time t = (i-1)/N instead
 of the integer index i. With u (the normalised log concentration) and t, the input has the
@@ -89,7 +89,7 @@ class CrysBFNDenoiser(nn.Module):
 class CrysBFN(GenerativeMethod):
     name = "crysbfn"
     default_steps = 10
-    # docs/crysbfn.md §2; N = steps network evaluations
+    # docs/methods.md C2; N = steps network evaluations
     samplers: ClassVar[dict[str, dict]] = {"end-back": {}}
 
     def __init__(self, config: RunConfig):
@@ -150,7 +150,7 @@ class CrysBFN(GenerativeMethod):
         return {"frac_coords": x_hat, "lattice": lattice_hat, "atom_types": logits}
 
     def loss(self, batch: CrystalBatch, generator: torch.Generator | None = None):
-        """Discrete-time loss at a random step i of a random N (docs §2-3), summed over fields.
+        """Discrete-time loss at a random step i of a random N (docs C2-3), summed over fields.
 
         ``batch`` must be on the model's device and ``generator`` (if given) too: every draw
         happens there, so nothing crosses between host and device inside the step.
@@ -205,7 +205,7 @@ class CrysBFN(GenerativeMethod):
 
         Fields the model generates start from their prior and are redrawn around each
         prediction; the final prediction decodes them (generated types: a categorical draw from
-        the step-N probabilities, docs/crysbfn.md §2, pitfall 9). Fields the spec fixes (CSP
+        the step-N probabilities, docs/methods.md C2, pitfall C8.9). Fields the spec fixes (CSP
         atom types) are kept. Runs on the model's device (``generator``, if given, must live
         there too); the result is returned on the CPU.
         """

@@ -1,4 +1,4 @@
-"""The ``method`` config section of CrysBFN (docs/crysbfn.md); no torch, so reading a config
+"""The ``method`` config section of CrysBFN (docs/methods.md); no torch, so reading a config
 never builds a model."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class CrysBFNConfig(MethodConfig):
     # The network is conditioned on continuous time t = (i-1)/N and on the concentration u,
     # so one model samples with any N; training draws N per batch from this list.
     train_steps: tuple[int, ...] = (10, 20, 50, 100, 200)
-    noise_bank_size: int = 32768  # walks per N in the von Mises noise bank (docs §8.7)
+    noise_bank_size: int = 32768  # walks per N in the von Mises noise bank (docs C8.7)
     # Cap on the coordinate loss weight N alpha A(alpha) (0 = none); see CrysBFN.loss.
     coord_weight_cap: float = 0.0
     # Share of crystals whose input theta_{i-1} is drawn around the model's own prediction

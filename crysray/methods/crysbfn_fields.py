@@ -1,5 +1,5 @@
 """CrysBFN's field processes: von Mises flow on coordinates, Gaussian flow on the lattice and,
-for de novo generation, the discrete flow on atom types (docs/crysbfn.md §2-3).
+for de novo generation, the discrete flow on atom types (docs/methods.md C2-3).
 
 Every field follows the same Bayesian flow pattern: the network input theta_i is a draw of the
 flow after i updates around a centre (the truth in training, the network's last prediction in
@@ -72,7 +72,7 @@ class FlowField(FieldProcess):
 
 class CoordField(FlowField):
     """Angles x = 2 pi f - pi on the torus; state (m, u): the flow's mean angle and normalised
-    log concentration (docs §2)."""
+    log concentration (docs C2)."""
 
     loss_name = "coord_loss"
 
@@ -90,7 +90,7 @@ class CoordField(FlowField):
         return m, self.flow.entropy_condition(c, updates)
 
     def loss(self, out, clean, state, time):
-        """N alpha_i A(alpha_i) |wrap(x - x_hat)|^2 (docs §3), the weight optionally capped."""
+        """N alpha_i A(alpha_i) |wrap(x - x_hat)|^2 (docs C3), the weight optionally capped."""
         _, weights, _ = self.flow.tables(time.steps, clean.device)
         w = weights[time.updates]  # theta_{i-1} -> the weight of step i
         if self.weight_cap > 0:
@@ -107,7 +107,7 @@ class CoordField(FlowField):
 
 
 class LatticeField(FlowField):
-    """The lattice divided by ``lattice_std`` under a Gaussian flow (docs §2-3)."""
+    """The lattice divided by ``lattice_std`` under a Gaussian flow (docs C2-3)."""
 
     per_atom, loss_name = False, "lattice_loss"
 
@@ -135,7 +135,7 @@ class LatticeField(FlowField):
 
 
 class CentredLinear(nn.Linear):
-    """Linear layer of 2 theta - 1: type beliefs centred as the reference feeds them (§4)."""
+    """Linear layer of 2 theta - 1: type beliefs centred as the reference feeds them (C4)."""
 
     def forward(self, theta):
         return super().forward(2 * theta - 1)
@@ -143,7 +143,7 @@ class CentredLinear(nn.Linear):
 
 class TypeField(FlowField):
     """Atom types as beliefs theta over the K vocabulary types under the discrete flow; the
-    network reads theta and returns K logits (docs §3, "Atom types")."""
+    network reads theta and returns K logits (docs C3, "Atom types")."""
 
     loss_name = "type_loss"
 
@@ -175,6 +175,6 @@ class TypeField(FlowField):
         return torch.full((len(time.batch_idx), k), 1.0 / k, device=time.batch_idx.device)
 
     def decode(self, state, out, time, generator=None):
-        """A categorical draw from the step-N probabilities (docs §2, pitfall 9)."""
+        """A categorical draw from the step-N probabilities (docs C2, pitfall C8.9)."""
         draw = torch.multinomial(self.centre(out), 1, generator=generator)
         return self.vocab.atomic_numbers(draw.squeeze(-1))

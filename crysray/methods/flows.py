@@ -1,9 +1,9 @@
-"""Bayesian flows of CrysBFN: von Mises on angles, Gaussian on the lattice (docs/crysbfn.md §2-3).
+"""Bayesian flows of CrysBFN: von Mises on angles, Gaussian on the lattice (docs/methods.md C2-3).
 
 Pure tensor maths, no network. All von Mises draws go through ``NoiseBank``: p_F(theta_i | x)
 is the rotation by x of a law that does not depend on x (y_j = x + eps_j, eps_j ~ vM(0, alpha_j)),
 so exact draws of the x-free random walk S_i = sum_{j<=i} alpha_j e^{i eps_j} are made once per
-N and then rotated to any x (docs §8.7). Each walk is an exact sample; the bank only limits how
+N and then rotated to any x (docs C8.7). Each walk is an exact sample; the bank only limits how
 many distinct walks exist (``noise_bank_size``).
 """
 
@@ -96,7 +96,7 @@ class VonMisesFlow:
         return alphas.to(device), weights.to(device), bank
 
     def entropy_condition(self, c: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Normalised log concentration u in [0, ~1]; 0 for the prior (docs §2)."""
+        """Normalised log concentration u in [0, ~1]; 0 for the prior (docs C2)."""
         u = (torch.log(c + 1e-7) - LOG_EPS) / (math.log(self.beta1) - LOG_EPS)
         return torch.where(index == 0, torch.zeros_like(u), u)
 
@@ -118,7 +118,7 @@ class GaussianFlow:
         return g * x + torch.sqrt(g * (1.0 - g)) * noise
 
     def loss_weight(self, index: torch.Tensor, steps: int) -> torch.Tensor:
-        """Discrete-time weight N (1 - sigma1^(2/N)) / (2 sigma1^(2i/N)) (docs §3)."""
+        """Discrete-time weight N (1 - sigma1^(2/N)) / (2 sigma1^(2i/N)) (docs C3)."""
         return (
             steps
             * (1.0 - self.sigma1 ** (2.0 / steps))
@@ -127,13 +127,13 @@ class GaussianFlow:
 
 
 class DiscreteFlow:
-    """Discrete Bayesian flow on K atom types (docs/crysbfn.md §3, "Atom types").
+    """Discrete Bayesian flow on K atom types (docs/methods.md C3, "Atom types").
 
     The sender sees class e_x through y ~ N(alpha (K e_x - 1), alpha K I); the Bayesian update
     of the categorical belief theta is theta' = softmax(log theta + y). Accuracies add, so from
     the uniform prior the belief after accuracy beta is softmax(y) with y ~ N(beta (K e - 1),
     beta K I): the flow distribution, with beta(t) = beta1 t^2. End-back sampling draws it
-    around the network's probabilities p instead of a one-hot (docs §2 "Sampling", 2.).
+    around the network's probabilities p instead of a one-hot (docs C2 "Sampling", 2.).
     """
 
     def __init__(self, beta1: float, num_classes: int):
@@ -166,6 +166,6 @@ class DiscreteFlow:
         return self.beta1 * (2 * i - 1) / steps**2
 
     def loss(self, target: torch.Tensor, probs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Continuous-time loss K beta1 t |e_x - p|^2 per atom (docs §3; the one the reference
+        """Continuous-time loss K beta1 t |e_x - p|^2 per atom (docs C3; the one the reference
         trains with), t (N,) or (N, 1)."""
         return self.k * self.beta1 * t.reshape(-1) * ((target - probs) ** 2).sum(-1)

@@ -1,4 +1,4 @@
-"""KLDM: kinetic Langevin diffusion for crystal structure prediction (docs/kldm.md).
+"""KLDM: kinetic Langevin diffusion for crystal structure prediction (docs/methods.md).
 
 Fractional coordinates are angles x on the torus moving with auxiliary velocities v (a
 trivialised kinetic Langevin diffusion on the TDM clock t = 2 tau, γ = 1, v_0 = 0); the lattice
@@ -10,7 +10,7 @@ kldm_fields.py; the model holds the fields it generates in ``self.fields`` (coor
 lattice and, for de novo generation, the atom types) and loss and samplers loop over them.
 
 Samplers, on the grid tau_i = linspace(1, tau_final, steps + 1), the network evaluated at
-tau_0 .. tau_{steps-1} only (docs §3):
+tau_0 .. tau_{steps-1} only (docs K3):
 - ``em``: exponential integrator on v, exponential map on x, Euler–Maruyama on l (1 NFE/step);
 - ``pc``: ``corrector_steps`` Langevin corrections of v (each moving x too) and of l, then the
   deterministic DDIM-like predictor (1 + corrector_steps NFEs per step).
@@ -149,7 +149,7 @@ class KLDM(GenerativeMethod):
 
     def loss(self, batch: CrystalBatch, generator: torch.Generator | None = None):
         """Mean over the generated fields (2 for CSP, 3 with types) at tau ~ U(tau_min, 1] per
-        crystal (docs §2): plain MSEs for coordinates and lattice, the type variant's own loss."""
+        crystal (docs K2): plain MSEs for coordinates and lattice, the type variant's own loss."""
         device, m = self.device(), self.config.method
         b = batch.num_crystals
         tau = m.tau_min + (1 - m.tau_min) * torch.rand(b, generator=generator, device=device)

@@ -1,4 +1,4 @@
-"""The ``method`` config section of KLDM (docs/kldm.md); no torch, so reading a config never
+"""The ``method`` config section of KLDM (docs/methods.md); no torch, so reading a config never
 builds a model."""
 
 from __future__ import annotations

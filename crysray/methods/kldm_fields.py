@@ -1,5 +1,5 @@
 """KLDM's field processes: kinetic Langevin diffusion of the coordinates, the VP SDE of the
-6 lattice numbers and, for de novo generation, one of the atom-type variants (docs/kldm.md).
+6 lattice numbers and, for de novo generation, one of the atom-type variants (docs/methods.md).
 
 The maths lives in kldm_process.py, kldm_lattice.py and kldm_types.py; these classes give
 each field the one interface of crysray.methods.fields. Sampler moves (``Clock.move``): ``em``
@@ -49,7 +49,7 @@ class Clock:
 
 
 class CoordField(FieldProcess):
-    """Angles x with velocities v, gamma = 1, v_0 = 0 (docs §1); the network output is the
+    """Angles x with velocities v, gamma = 1, v_0 = 0 (docs K1); the network output is the
     simplified velocity score s_hat; a state's first two entries are (x, v)."""
 
     loss_name = "coord_loss"
@@ -81,7 +81,7 @@ class CoordField(FieldProcess):
         return kp.prior(n, clock.batch_idx, clock.num_crystals, generator, device)
 
     def step(self, state, out, clock, generator=None):
-        """The velocity score (docs §1.5, assembled as in pitfall §6.5), then the move."""
+        """The velocity score (docs K1.5, assembled as in pitfall K6.5), then the move."""
         x, v = state[0], state[1]
         tau, tau_next, idx, b = clock.tau, clock.tau_next, clock.batch_idx, clock.num_crystals
         s_v = kp.velocity_score(v, out, kp.tdm_time(tau).expand(x.shape[0], 1), self.lam)
@@ -97,7 +97,7 @@ class CoordField(FieldProcess):
 
 
 class LatticeField(FieldProcess):
-    """The 6 invariant lattice numbers l under a VP SDE (docs §2.3); state (l, eps), eps the
+    """The 6 invariant lattice numbers l under a VP SDE (docs K2.3); state (l, eps), eps the
     training noise (None when sampling)."""
 
     per_atom, loss_name = False, "lattice_loss"

@@ -1,8 +1,8 @@
-"""KLDM lattice: 6-number invariant representation and VP diffusion (docs/kldm.md §2.3, §3).
+"""KLDM lattice: 6-number invariant representation and VP diffusion (docs/methods.md K2.3, K3).
 
 l = [l_1..3, theta_1..3]: log-lengths standardised with statistics per atom count n, and angles
 through theta = tan(phi - pi/2) / 0.35. Lattices are (B, 3, 3) with rows as vectors in Angstrom;
-angles (alpha, beta, gamma) are in radians. The VP time is the outer tau in [0, 1] (§6.1).
+angles (alpha, beta, gamma) are in radians. The VP time is the outer tau in [0, 1] (K6.1).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-ANGLE_SCALE = 0.35  # docs/kldm.md §2.3, from the released config
-BETA_MIN, BETA_MAX = 0.1, 20.0  # §2.3, linear beta(tau)
-TRIM = 0.025  # §2.3: 2.5 % trimmed from each end before the mean/std
-MIN_COUNT = 40  # §2.3: below this the code's trim slice is empty (NaN); we pool instead
+ANGLE_SCALE = 0.35  # docs/methods.md K2.3, from the released config
+BETA_MIN, BETA_MAX = 0.1, 20.0  # K2.3, linear beta(tau)
+TRIM = 0.025  # K2.3: 2.5 % trimmed from each end before the mean/std
+MIN_COUNT = 40  # K2.3: below this the code's trim slice is empty (NaN); we pool instead
 _STD_FLOOR = 1e-3  # one-structure or identical-length bins would otherwise divide by zero
 
 
@@ -66,7 +66,7 @@ def _trimmed_mean_std(x: torch.Tensor, trim: float):
 
 @dataclass(frozen=True)
 class LatticeStats:
-    """Per-atom-count loc/scale of log-lengths (docs/kldm.md §2.3, pitfall §6.10).
+    """Per-atom-count loc/scale of log-lengths (docs/methods.md K2.3, pitfall K6.10).
 
     Row n of ``loc``/``scale`` (shape (n_max + 1, 3)) holds the statistics for n atoms. Counts
     with fewer than ``min_count`` training structures, and counts never seen (including any
@@ -123,7 +123,7 @@ class LatticeStats:
 
 
 def encode_lattice(lattice: torch.Tensor, num_atoms: torch.Tensor, stats: LatticeStats):
-    """(B, 3, 3) -> l (B, 6) (docs/kldm.md §2.3)."""
+    """(B, 3, 3) -> l (B, 6) (docs/methods.md K2.3)."""
     lengths, angles = lattice_to_params(lattice)
     loc, scale = stats.lookup(num_atoms)
     ell = (torch.log(lengths) - loc.to(lengths.dtype)) / scale.to(lengths.dtype)
@@ -140,7 +140,7 @@ def decode_lattice(l6: torch.Tensor, num_atoms: torch.Tensor, stats: LatticeStat
 
 
 # ---------------------------------------------------------------------------------------------
-# VP-SDE on l (docs/kldm.md §2.3); tau is (B, 1).
+# VP-SDE on l (docs/methods.md K2.3); tau is (B, 1).
 
 
 def beta(tau: torch.Tensor) -> torch.Tensor:
@@ -154,14 +154,14 @@ def vp_alpha_sigma(tau: torch.Tensor):
 
 
 def vp_forward(l0: torch.Tensor, tau: torch.Tensor, generator=None):
-    """l_tau = alpha l_0 + sigma eps (docs/kldm.md §2.3). Returns (l_tau, eps)."""
+    """l_tau = alpha l_0 + sigma eps (docs/methods.md K2.3). Returns (l_tau, eps)."""
     eps = torch.randn(l0.shape, generator=generator, device=l0.device, dtype=l0.dtype)
     alpha, sigma = vp_alpha_sigma(tau)
     return alpha * l0 + sigma * eps, eps
 
 
 def lattice_target(l0: torch.Tensor, eps: torch.Tensor, parameterization: str) -> torch.Tensor:
-    """KLDM-eps regresses the noise, the x0 ("eps_0", released config) one the clean l_0 (§1.5)."""
+    """KLDM-eps regresses the noise, the x0 ("eps_0", released config) one the clean l_0 (K2.3)."""
     if parameterization == "eps":
         return eps
     if parameterization == "x0":
@@ -170,7 +170,7 @@ def lattice_target(l0: torch.Tensor, eps: torch.Tensor, parameterization: str) -
 
 
 def lattice_score(l_tau, out, tau, parameterization: str):
-    """Score implied by the network output (docs/kldm.md §2.3): eps -> -eps_hat / sigma,
+    """Score implied by the network output (docs/methods.md K2.3): eps -> -eps_hat / sigma,
     x0 -> (alpha l0_hat - l_tau) / sigma^2."""
     alpha, sigma = vp_alpha_sigma(tau)
     if parameterization == "eps":
@@ -181,7 +181,7 @@ def lattice_score(l_tau, out, tau, parameterization: str):
 
 
 def lattice_em_step(l, score, tau, dtau, generator=None, noise=None):
-    """Euler-Maruyama on the reverse VP SDE, dtau < 0 (docs/kldm.md §3, EM):
+    """Euler-Maruyama on the reverse VP SDE, dtau < 0 (docs/methods.md K3, EM):
     l' = l + (-1/2 beta l - beta s) dtau + sqrt(beta |dtau|) z."""
     b = beta(tau)
     if noise is None:
@@ -191,7 +191,7 @@ def lattice_em_step(l, score, tau, dtau, generator=None, noise=None):
 
 
 def lattice_corrector(l, score, generator=None, noise=None, snr: float = 0.25):
-    """Langevin corrector with delta = snr / mean(s^2) per crystal over its 6 numbers (§3, PC)."""
+    """Langevin corrector with delta = snr / mean(s^2) per crystal over its 6 numbers (K3, PC)."""
     delta = snr / score.pow(2).mean(-1, keepdim=True).clamp_min(1e-12)
     if noise is None:
         noise = torch.randn(l.shape, generator=generator, device=l.device, dtype=l.dtype)

@@ -1,9 +1,9 @@
-"""KLDM coordinates: kinetic Langevin diffusion on the torus in closed form (docs/kldm.md §1, §3).
+"""KLDM coordinates: kinetic Langevin diffusion on the torus, closed form (docs/methods.md K1, K3).
 
 Pure tensor maths, no network. Angles x are in radians on [-pi, pi) (crysray.methods.torus
 convention, x = 2*pi*f - pi; the spec's offset-free atan2 convention differs by a constant
 rotation, which no displacement, score or step below can see). Friction gamma = 1, horizon
-T = 2, v_0 = 0 (§1.1). Times called ``t`` are on the TDM clock t = 2 * tau (§6.1).
+T = 2, v_0 = 0 (K1.1). Times called ``t`` are on the TDM clock t = 2 * tau (K6.1).
 
 Shapes: N atoms, B crystals; per-atom tensors are (N, 3); ``t`` is given per atom as (N, 1) or
 broadcastable to it (use ``t_per_atom``). ``batch_idx`` (N,) maps atoms to crystals.
@@ -21,15 +21,15 @@ from crysray.methods.torus import wrap
 from crysray.methods.wrapped_normal import wn_normaliser, wrapped_normal_score
 from crysray.types import segment_mean
 
-T_MAX = 2.0  # docs/kldm.md §1.1, TDM tf = 2
-SQRT_EPS = 1e-6  # §1.2: both code bases add 1e-6 inside the sqrt of sigma_r^2 and sigma_v^2
+T_MAX = 2.0  # docs/methods.md K1.1, TDM tf = 2
+SQRT_EPS = 1e-6  # K1.2: both code bases add 1e-6 inside the sqrt of sigma_r^2 and sigma_v^2
 # Below this t the float64 closed forms lose digits to cancellation; the series are used instead
 # (truncation error < t^11 / 1e4, far below float64 resolution of the values there).
 _SERIES_T = 0.1
 
 
 def tdm_time(tau: torch.Tensor) -> torch.Tensor:
-    """Outer time tau in [0, 1] -> TDM time t = 2 tau (docs/kldm.md §1.1, pitfall §6.1)."""
+    """Outer time tau in [0, 1] -> TDM time t = 2 tau (docs/methods.md K1.1, pitfall K6.1)."""
     return T_MAX * tau
 
 
@@ -39,12 +39,12 @@ def t_per_atom(t: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor:
 
 
 def centre(x: torch.Tensor, batch_idx: torch.Tensor, num_crystals: int) -> torch.Tensor:
-    """Remove the per-crystal mean over atoms (docs/kldm.md §1.3, pitfall §6.4)."""
+    """Remove the per-crystal mean over atoms (docs/methods.md K1.3, pitfall K6.4)."""
     return x - segment_mean(x, batch_idx, num_crystals)[batch_idx]
 
 
 # ---------------------------------------------------------------------------------------------
-# §1.2 the kernel. All variances are computed in float64 and returned in t's dtype.
+# K1.2 the kernel. All variances are computed in float64 and returned in t's dtype.
 
 
 def _series(t: torch.Tensor, coeffs: list[float], first_power: int) -> torch.Tensor:
@@ -60,12 +60,12 @@ def var_v(t: torch.Tensor) -> torch.Tensor:
 
 
 def drift_coef(t: torch.Tensor) -> torch.Tensor:
-    """a(t) = tanh(t/2) = dmu_r / dv_t, the regression slope of r on v_t (docs/kldm.md §1.2)."""
+    """a(t) = tanh(t/2) = dmu_r / dv_t, the regression slope of r on v_t (docs/methods.md K1.2)."""
     return torch.tanh(0.5 * t)
 
 
 def var_r_conditional(t: torch.Tensor) -> torch.Tensor:
-    """sigma_r^2 = Var(r_t | v_0, v_t) = 2t - 4 tanh(t/2) (docs/kldm.md §1.2, pitfall §6.2).
+    """sigma_r^2 = Var(r_t | v_0, v_t) = 2t - 4 tanh(t/2) (docs/methods.md K1.2, pitfall K6.2).
 
     The closed form is a difference of O(t) terms for an O(t^3) result: in float32 it is exactly 0
     for t < 0.01, so small t uses the tanh series t^3/6 - t^5/60 + 17 t^7/10080 - 31 t^9/362880.
@@ -78,7 +78,7 @@ def var_r_conditional(t: torch.Tensor) -> torch.Tensor:
 
 
 def var_r_marginal(t: torch.Tensor) -> torch.Tensor:
-    """Var(r_t | v_0) = 2t - 3 + 4e^{-t} - e^{-2t} (docs/kldm.md §1.2), ~2t^3/3 for small t.
+    """Var(r_t | v_0) = 2t - 3 + 4e^{-t} - e^{-2t} (docs/methods.md K1.2), ~2t^3/3 for small t.
 
     Series coefficients are (4(-1)^n - (-2)^n) / n! for n >= 3 (n <= 2 cancel exactly).
     """
@@ -89,7 +89,7 @@ def var_r_marginal(t: torch.Tensor) -> torch.Tensor:
 
 
 def cov_rv(t: torch.Tensor) -> torch.Tensor:
-    """Cov(r_t, v_t | v_0) = (1 - e^{-t})^2 (docs/kldm.md §1.2)."""
+    """Cov(r_t, v_t | v_0) = (1 - e^{-t})^2 (docs/methods.md K1.2)."""
     return (torch.expm1(-t.double()) ** 2).to(t.dtype)
 
 
@@ -103,7 +103,7 @@ def sigma_r(t: torch.Tensor, eps: float = SQRT_EPS) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# §1.3-1.5 training draws and targets
+# K1.3-1.5 training draws and targets
 
 
 class ForwardDraw(NamedTuple):
@@ -123,7 +123,7 @@ def sample_forward(
     generator: torch.Generator | None = None,
     eps: float = SQRT_EPS,
 ) -> ForwardDraw:
-    """Draw (x_t, v_t) | x_0, v_0 = 0 (docs/kldm.md §1.3). ``t``: (N, 1) per-atom TDM times.
+    """Draw (x_t, v_t) | x_0, v_0 = 0 (docs/methods.md K1.3). ``t``: (N, 1) per-atom TDM times.
 
     v_t is drawn from its marginal and r from its law given v_t, which together give the joint
     with the right r-v covariance. Both noises are centred per crystal: the network is
@@ -139,13 +139,13 @@ def sample_forward(
 
 
 def wn_term(draw: ForwardDraw, t, batch_idx, num_crystals, eps: float = SQRT_EPS):
-    """centre(S_WN(r - mu_r; sigma_r)) (docs/kldm.md §1.4-1.5); the score itself is periodic."""
+    """centre(S_WN(r - mu_r; sigma_r)) (docs/methods.md K1.4-1.5); the score itself is periodic."""
     s = wrapped_normal_score(draw.r - draw.mu_r, sigma_r(t, eps).expand_as(draw.r))
     return centre(s, batch_idx, num_crystals)
 
 
 def full_score_target(draw: ForwardDraw, t, batch_idx, num_crystals, eps: float = SQRT_EPS):
-    """grad_{v_t} log p(x_t, v_t | x_0) = -eps_v / sigma_v + a(t) centre(S_WN) (docs/kldm.md §1.4).
+    """grad_{v_t} log p(x_t, v_t | x_0) = -eps_v/sigma_v + a(t) centre(S_WN) (docs/methods.md K1.4).
 
     Written as -v_t / sigma_v^2 so that, floor included, it equals ``velocity_score`` of the
     simplified target exactly: the two parameterisations then share one score.
@@ -155,11 +155,11 @@ def full_score_target(draw: ForwardDraw, t, batch_idx, num_crystals, eps: float 
 
 
 class LambdaTable:
-    """lambda(t) = E[S_WN^2] at sigma_r(t), tabulated once on t in [0, T] (docs/kldm.md §1.5).
+    """lambda(t) = E[S_WN^2] at sigma_r(t), tabulated once on t in [0, T] (docs/methods.md K1.5).
 
     Quadrature, not Monte Carlo, so the table is deterministic and needs no checkpoint buffer.
     Queries interpolate log lambda linearly in t: smoother than the code's nearest index and
-    free of its t = 0 wrap-around (§6.12). With eps = 0 lambda(0) is infinite; keep eps > 0.
+    free of its t = 0 wrap-around (K6.12). With eps = 0 lambda(0) is infinite; keep eps > 0.
     """
 
     def __init__(self, size: int = 2001, eps: float = SQRT_EPS):
@@ -187,12 +187,12 @@ def lambda_table() -> LambdaTable:
 
 
 def simplified_target(draw, t, batch_idx, num_crystals, lam: LambdaTable, eps=SQRT_EPS):
-    """y = centre(S_WN) / sqrt(lambda(t)), the regression target of the network (docs §1.5)."""
+    """y = centre(S_WN) / sqrt(lambda(t)), the regression target of the network (docs K1.5)."""
     return wn_term(draw, t, batch_idx, num_crystals, eps) / torch.sqrt(lam(t))
 
 
 def velocity_score(v_t, s_hat, t, lam: LambdaTable, eps: float = SQRT_EPS):
-    """s_v = -v_t / sigma_v^2 + a(t) sqrt(lambda(t)) s_hat (docs/kldm.md §1.5, pitfall §6.5).
+    """s_v = -v_t / sigma_v^2 + a(t) sqrt(lambda(t)) s_hat (docs/methods.md K1.5, pitfall K6.5).
 
     ``s_hat`` is the (centred) network output at the same TDM time t that lambda is read at.
     """
@@ -200,7 +200,7 @@ def velocity_score(v_t, s_hat, t, lam: LambdaTable, eps: float = SQRT_EPS):
 
 
 # ---------------------------------------------------------------------------------------------
-# §3 sampler steps. ``t`` is the current TDM time (N, 1); h = 2 |d tau| > 0 is the TDM step.
+# K3 sampler steps. ``t`` is the current TDM time (N, 1); h = 2 |d tau| > 0 is the TDM step.
 
 
 def _mean_free_noise(like, batch_idx, num_crystals, generator, noise):
@@ -210,14 +210,14 @@ def _mean_free_noise(like, batch_idx, num_crystals, generator, noise):
 
 
 def prior(num_atoms_total, batch_idx, num_crystals, generator=None, device=None):
-    """x ~ U[-pi, pi)^{N x 3}, v ~ N(0, I) centred per crystal (docs/kldm.md §1.6, §3)."""
+    """x ~ U[-pi, pi)^{N x 3}, v ~ N(0, I) centred per crystal (docs/methods.md K1.6, K3)."""
     u = torch.rand((num_atoms_total, 3), generator=generator, device=device)
     v = torch.randn((num_atoms_total, 3), generator=generator, device=device)
     return wrap(2 * math.pi * u - math.pi), centre(v, batch_idx, num_crystals)
 
 
 def em_step(x, v, score_v, h, batch_idx, num_crystals, generator=None, noise=None, flow=False):
-    """Exponential-integrator step of the reverse SDE, then the exponential map (docs §3, EM).
+    """Exponential-integrator step of the reverse SDE, then the exponential map (docs K3, EM).
 
     The reverse of dv = -v dt + sqrt(2) dW is dv = (v + 2 s) ds + sqrt(2) dW in s = T - t; its
     linear part is integrated exactly with the score frozen over the step:
@@ -247,7 +247,7 @@ def langevin_corrector(
     snr: float = 0.25,
     move_x: bool = True,
 ):
-    """PC corrector on v (docs/kldm.md §3, PC 1.): delta = snr / mean(s^2) per crystal,
+    """PC corrector on v (docs/methods.md K3, PC 1.): delta = snr / mean(s^2) per crystal,
     v' = v + delta s + sqrt(2 delta) z; then x' = wrap(x - h v') when ``move_x`` (correct_pos).
     """
     mean_sq = segment_mean(score_v.pow(2).mean(-1, keepdim=True), batch_idx, num_crystals)
@@ -258,7 +258,7 @@ def langevin_corrector(
 
 
 def ddim_step(y, score, alpha, sigma, alpha_next, sigma_next):
-    """Deterministic DDIM step for a VP-type marginal y_t = alpha y_0 + sigma eps (docs §3, PC 2.).
+    """Deterministic DDIM step for a VP-type marginal y_t = alpha y_0 + sigma eps (docs K3, PC 2.).
 
     With eps_hat = -sigma s: y' = (alpha'/alpha) y + (alpha'/alpha sigma - sigma') sigma s.
     """
@@ -267,7 +267,7 @@ def ddim_step(y, score, alpha, sigma, alpha_next, sigma_next):
 
 
 def pc_predictor(x, v, score_v, t, t_next, h, eps: float = SQRT_EPS):
-    """PC predictor on v treating its marginal as VP with alpha_v = e^{-t}, sigma_v (docs §3)."""
+    """PC predictor on v treating its marginal as VP with alpha_v = e^{-t}, sigma_v (docs K3)."""
     v_new = ddim_step(
         v, score_v, torch.exp(-t), sigma_v(t, eps), torch.exp(-t_next), sigma_v(t_next, eps)
     )

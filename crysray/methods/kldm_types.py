@@ -1,4 +1,4 @@
-"""KLDM atom types for de novo generation: the paper's three variants (docs/kldm.md §2.4, §3).
+"""KLDM atom types for de novo generation: the paper's three variants (docs/methods.md K2.4, K3).
 
 Types are indices 0..K-1 into the model's vocabulary (``data.atom_types``). Every variant
 turns the clean indices into a network input at time tau, gives the training loss of the
@@ -12,7 +12,7 @@ network's type output, and moves the types one sampler step:
 - ``d`` (masking diffusion): each token is kept with probability alpha(tau) = (1 - 2e)(1 - tau)
   + e, else replaced by the mask id K; masked tokens unmask to a draw from the network's
   probabilities with probability (alpha_s - alpha_tau) / (1 - alpha_tau), and whatever is
-  still masked after the last step is unmasked by argmax (pitfall §6.11).
+  still masked after the last step is unmasked by argmax (pitfall K6.11).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 from crysray.methods import kldm_lattice as vp
 from crysray.methods.kldm_process import ddim_step
 
-MASK_EPS = 1e-4  # docs §2.4, e
+MASK_EPS = 1e-4  # docs K2.4, e
 
 
 class TypeProcess(ABC):
@@ -114,7 +114,7 @@ class OneHotTypes(ContinuousTypes):
         return nn.functional.one_hot(index, self.k).float()
 
     def decode(self, h, out):
-        return h.argmax(-1)  # the state at tau_final (no extra denoising step, docs §3)
+        return h.argmax(-1)  # the state at tau_final (no extra denoising step, docs K3)
 
 
 class AnalogBitsTypes(ContinuousTypes):

@@ -1,4 +1,4 @@
-"""The linear-entropy accuracy schedule of the von Mises flow (docs/crysbfn.md §2).
+"""The linear-entropy accuracy schedule of the von Mises flow (docs/methods.md C2).
 
 For N steps and final concentration beta1:
   1. target entropies H*_i fall linearly from H(0) to H(beta1), i = 1..N;

@@ -1,4 +1,4 @@
-"""Angles on the torus and von Mises helpers (docs/crysbfn.md §2, §8.1-8.3).
+"""Angles on the torus and von Mises helpers (docs/methods.md C2, C8.1-8.3).
 
 Fractional coordinates f in [0, 1) map to angles theta = 2*pi*f - pi in [-pi, pi).
 Bessel functions are always used in their exponentially scaled form: raw I0 overflows in

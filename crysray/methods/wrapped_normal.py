@@ -1,4 +1,4 @@
-"""Wrapped normal on the circle: density, score, KLDM score normaliser (docs/kldm.md §1.4-1.5).
+"""Wrapped normal on the circle: density, score, KLDM score normaliser (docs/methods.md K1.4-1.5).
 
 Everything is in radians with period 2*pi. The sum over images is truncated at |k| <= 13
 (27 terms), as in the released KLDM code; for sigma up to the TDM horizon (sigma_r <= 1 rad)
@@ -13,7 +13,7 @@ import torch
 
 from crysray.methods.torus import TWO_PI, wrap
 
-K_IMAGES = 13  # docs/kldm.md §1.4: k in {-13, ..., 13}
+K_IMAGES = 13  # docs/methods.md K1.4: k in {-13, ..., 13}
 # Below this sigma every image but k = 0 weighs < exp(-(pi)^2 / (2 * 0.2^2)) ~ 1e-54 on [-pi, pi),
 # so the normaliser is the plain Gaussian one, 1 / sigma^2, to machine precision.
 _GAUSSIAN_SIGMA = 0.2
@@ -34,8 +34,8 @@ def log_wrapped_normal(d: torch.Tensor, sigma, k: int = K_IMAGES) -> torch.Tenso
 def wrapped_normal_score(d: torch.Tensor, sigma, k: int = K_IMAGES) -> torch.Tensor:
     """S_WN(d; sigma) = sum_k w_k (d + 2 pi k) / sigma^2, w = softmax_k(-(d + 2 pi k)^2 / 2sigma^2).
 
-    docs/kldm.md §1.4: with d = r - mu this is d/d(mu) log WN(r; mu, sigma), i.e.
-    -d/dd log WN(d; 0, sigma). The sign matters (§6.3): for small sigma S ~ +d / sigma^2.
+    docs/methods.md K1.4: with d = r - mu this is d/d(mu) log WN(r; mu, sigma), i.e.
+    -d/dd log WN(d; 0, sigma). The sign matters (K6.3): for small sigma S ~ +d / sigma^2.
     Computed in float64 (the softmax logits reach 1e7 when sigma ~ 1e-3) and returned in d's dtype.
     """
     dd = wrap(d.double())  # the score is 2*pi-periodic; centring keeps the image window symmetric
@@ -46,9 +46,9 @@ def wrapped_normal_score(d: torch.Tensor, sigma, k: int = K_IMAGES) -> torch.Ten
 
 
 def wn_normaliser(sigma: torch.Tensor, grid: int = 512) -> torch.Tensor:
-    """lambda(sigma) = E_{d ~ WN(0, sigma)} [S_WN(d; sigma)^2] (docs/kldm.md §1.5), float64.
+    """lambda(sigma) = E_{d ~ WN(0, sigma)} [S_WN(d; sigma)^2] (docs/methods.md K1.5), float64.
 
-    Deterministic replacement for the code's Monte-Carlo table (§6.12): the integrand is smooth
+    Deterministic replacement for the code's Monte-Carlo table (K6.12): the integrand is smooth
     and 2*pi-periodic, so the trapezoid rule on a uniform grid converges geometrically. Where the
     law is too narrow for the grid, images are negligible and lambda = 1 / sigma^2 exactly.
     The grid spacing is <= sigma / 16 there (trapezoid error ~ exp(-2 pi^2 * 256)), and images

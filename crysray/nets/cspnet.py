@@ -1,4 +1,4 @@
-"""CSPNet-style message passing shared by the generative methods (docs/crysbfn.md §4, §8.8).
+"""CSPNet-style message passing shared by the generative methods (docs/methods.md C4, C8.8).
 
 Every crystal is a fully connected graph with self-loops. An edge (i, j) sees the Fourier
 features of the fractional difference wrap(f_j - f_i), rotation-invariant lattice features of
