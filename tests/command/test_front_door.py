@@ -8,12 +8,11 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from support import start_job
+from support import REPO, start_job
 
 from crysray import commands
 from crysray.command.common import HelpFormatter, ray_failure
@@ -384,7 +383,7 @@ def test_interrupted_attempts_are_taken_back_others_are_kept(tmp_path):
 
 
 def test_jobs_are_thin_and_never_edit_sys_path():
-    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    jobs = REPO / "jobs"
     texts = [p.read_text() for p in jobs.glob("*.py")]
     assert sum(len(t.splitlines()) for t in texts) <= 400
     assert not any("sys.path" in t for t in texts)
