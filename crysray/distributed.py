@@ -159,14 +159,17 @@ def new_session() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def filter_units(store: Storage, todo: list[int], config: FunnelConfig, options, on_unit=None):
-    """The funnel's actor pool over the sampled units ``todo``; ``on_unit(done)`` per unit."""
+def filter_units(store: Storage, todo: list[int], config: FunnelConfig, options,
+                 on_progress=None) -> None:  # fmt: skip
+    """The funnel's actor pool over the sampled units ``todo``; ``on_progress(crystals)``, the
+    crystals filtered so far, about every second (counted within units as they relax)."""
+    counter = ProgressCounter.remote()
     units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
     stage = add_funnel_stage(units, config, store, options.funnel_replicas, options.funnel_cpus,
-                             options.funnel_gpus)  # fmt: skip
-    for done, _ in enumerate(stage.iter_rows(), start=1):
-        if on_unit:
-            on_unit(done)
+                             options.funnel_gpus, progress=RayProgress(counter))  # fmt: skip
+    with _polling(counter, lambda n: on_progress and on_progress(n)):
+        for _ in stage.iter_rows():
+            pass
 
 
 def add_funnel_stage(
@@ -176,6 +179,7 @@ def add_funnel_stage(
     replicas: int,
     cpus: float | None = None,
     gpus: float | None = None,
+    progress: RayProgress | None = None,
 ):
     """Append the funnel actor pool to a Ray Data pipeline of ``{"unit": ...}`` rows.
 
@@ -186,7 +190,7 @@ def add_funnel_stage(
         FunnelUnitWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=replicas),
         num_cpus=res.num_cpus, num_gpus=res.num_gpus,
         fn_constructor_kwargs={"run_dir": store.location, "config": config.as_dict(),
-                               "torch_threads": res.threads or 1},
+                               "torch_threads": res.threads or 1, "progress": progress},
     )  # fmt: skip
 
 

@@ -49,8 +49,10 @@ def run(args) -> int:
 
             start_ray(args.address, verbose=args.verbose)
             if todo:
-                progress = Progress("filtered", len(todo), unit="units", stream=terminal)
-                filter_units(store, todo, config, args, on_unit=progress.update_to)
+                total = _rows_in(store, todo)
+                progress = Progress("filtered", total, unit="crystals", stream=terminal)
+                filter_units(store, todo, config, args, on_progress=progress.update_to)
+                progress.update_to(total)
                 progress.close()
             decide = decide_run_distributed if distributed else None
             counts = finalize_run(store, decide)
@@ -60,6 +62,13 @@ def run(args) -> int:
                "wall_seconds": time.perf_counter() - start}  # fmt: skip
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _rows_in(store, units: list[int]) -> int:
+    """Crystals in the sampled units (from the Parquet footers: no rows are read)."""
+    from crysray.sample.campaign import unit_key
+
+    return store.dataset([unit_key(u) for u in units]).count_rows()
 
 
 def _open(args):

@@ -63,7 +63,8 @@ class StabilityFunnel:
         self.hull = open_hull(self.config)
         self.references = load_elemental_references()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table, on_progress=None) -> pa.Table:
+        """``batch`` through the funnel; ``on_progress(rows)`` as rows are done."""
         table, self.last_counts = run_funnel(
             batch,
             self.config,
@@ -72,6 +73,7 @@ class StabilityFunnel:
             references=self.references,
             training_structures=self.training,
             stages=self.stages,
+            on_progress=on_progress,
         )
         return table
 

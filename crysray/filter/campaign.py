@@ -88,8 +88,10 @@ def _funnel_manifest_key(store: Storage) -> str:
 class FunnelUnitWorker:
     """One funnel replica (potential, hull reference, training set loaded once)."""
 
-    def __init__(self, run_dir: str, config: dict, torch_threads: int | None = None):
-        self.store = Storage(run_dir)
+    def __init__(self, run_dir: str, config: dict, torch_threads: int | None = None,
+                 progress=None):  # fmt: skip
+        """``progress``: an object whose ``add(rows)`` counts rows filtered, or None."""
+        self.store, self.progress = Storage(run_dir), progress
         self.store.make_dir(FUNNEL_DIR)
         self.funnel = StabilityFunnel(
             FunnelConfig(**config), stages=PER_UNIT_STAGES, torch_threads=torch_threads
@@ -108,7 +110,8 @@ class FunnelUnitWorker:
             return None
         if not self.store.exists(out):  # else done by an earlier attempt
             samples = read_samples([self.store.path(unit_key(unit))], filesystem=self.store.fs)
-            self.store.write_table(out, self.funnel(samples))
+            report = self.progress.add if self.progress is not None else None
+            self.store.write_table(out, self.funnel(samples, on_progress=report))
         return out
 
 

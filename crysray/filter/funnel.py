@@ -55,6 +55,7 @@ class _Run:
     references: ElementalReferences | None
     training: TrainingSet | None
     relax_gate: tuple[str, ...]
+    on_progress: object = None  # called with crystals done (relaxed, or not to be relaxed)
     columns: dict = field(default_factory=dict)
 
 
@@ -68,6 +69,7 @@ def run_funnel(
     training_structures: TrainingSet | None = None,
     stages: tuple[str, ...] = STAGES,
     relax_gate: tuple[str, ...] | None = None,
+    on_progress=None,
 ) -> tuple[pa.Table, dict]:
     """Run the stages in order on ``table``; return (table with the new columns, counts).
 
@@ -79,6 +81,9 @@ def run_funnel(
         training_structures: known crystals for "novel"; None skips that stage.
         stages: subset of STAGES to run (always in STAGES order).
         relax_gate: stages a row must pass to be relaxed; default the cheap stages that run.
+        on_progress: called with a number of rows whenever they are done (the relaxation
+            takes the time: rows it skips count at its start, the others as they settle);
+            the calls add up to the number of rows.
 
     Returns:
         counts: see ``funnel_counts``, plus "seconds" (wall time per stage).
@@ -95,6 +100,7 @@ def run_funnel(
     run = _Run(
         table=table, rows=table_arrays(table), stages=stages, config=config, potential=potential,
         hull=hull, references=references, training=training_structures, relax_gate=gate,
+        on_progress=_Tally(on_progress),
     )  # fmt: skip
     seconds = {}
     for stage in stages:
@@ -105,8 +111,26 @@ def run_funnel(
         run.columns["sun"] = pa.array(
             _passing(run.columns, ("unique", "novel", "hull"), len(run.rows))
         )
+    run.on_progress.finish(len(run.rows))
     out = _attach(table, run.columns)
     return out, {**funnel_counts(out), "seconds": seconds}
+
+
+class _Tally:
+    """Forwards progress to ``report`` (if any) and remembers how much was reported, so the end
+    of a run can report the rest exactly once."""
+
+    def __init__(self, report=None):
+        self.report, self.done = report, 0
+
+    def __call__(self, rows: int) -> None:
+        if rows > 0:
+            self.done += rows
+            if self.report is not None:
+                self.report(rows)
+
+    def finish(self, total: int) -> None:
+        self(total - self.done)
 
 
 def _structure_stage(run: _Run) -> dict:
@@ -140,7 +164,8 @@ def _novel_stage(run: _Run) -> dict:
 
 def _relax_stage(run: _Run) -> dict:
     selected = _passing(run.columns, run.relax_gate, len(run.rows))
-    return relax_columns(run.rows, selected, run.potential, run.config)
+    run.on_progress(int(len(selected) - selected.sum()))
+    return relax_columns(run.rows, selected, run.potential, run.config, run.on_progress)
 
 
 def _hull_stage(run: _Run) -> dict:
@@ -183,7 +208,7 @@ def _passing(columns, stages, n: int) -> np.ndarray:
 
 
 def relax_columns(
-    rows, selected: np.ndarray, potential, config: FunnelConfig
+    rows, selected: np.ndarray, potential, config: FunnelConfig, on_settled=None
 ) -> dict[str, pa.Array]:
     """Relax the ``selected`` rows in one batched run; null values for the others."""
     idx = np.flatnonzero(selected)
@@ -199,6 +224,7 @@ def relax_columns(
             fmax=config.fmax,
             relax_steps=config.relax_steps,
             max_atoms_per_batch=config.max_atoms_per_batch,
+            on_settled=on_settled,
         )
         for k, i in enumerate(idx):
             status[i], steps[i] = result.status[k], int(result.steps[k])

@@ -123,6 +123,7 @@ def relax_batch(
     relax_cell: bool = True,
     max_atoms_per_batch: int = FunnelConfig.max_atoms_per_batch,
     fire: Fire = Fire(),
+    on_settled=None,
 ) -> RelaxResult:
     """Relax B crystals together, ``max_atoms_per_batch`` atoms per model call; never raises
     on a bad crystal (its status says what happened).
@@ -135,15 +136,21 @@ def relax_batch(
         fmax: convergence threshold on atoms and (with ``relax_cell``) cell rows, eV/A.
         relax_steps: FIRE steps per crystal before it is "not_converged".
         relax_cell: relax the lattice too (FrechetCellFilter) or only the positions.
+        on_settled: called with the number of crystals that finished (converged, not
+            converged or failed) after each model call, for progress within a long batch.
     """
     state = _Crystals(lattices, fracs, numbers, potential, fire)
     queue = deque(b for b, s in enumerate(state.status) if not s)
+    if on_settled is not None:
+        on_settled(len(state.status) - len(queue))  # refused before any model call
     active: list[int] = []
     while queue or active:
         active = _refill(active, queue, state.n, max_atoms_per_batch)
         crystals = torch.tensor(sorted(active), dtype=torch.long)
         running = _step(potential, state, crystals, fmax, relax_steps, relax_cell, fire)
         active = [int(c) for c in crystals[running]]
+        if on_settled is not None:
+            on_settled(len(crystals) - len(active))
     return _result(state)
 
 

@@ -31,6 +31,7 @@ def test_funnel_job_keeps_every_row_counts_stages_and_resumes(tmp_path, job):
     args = ["--run", out, "--relax-steps", 40, "--hull", "local"]
     first = job("filter_stability.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "filtered  24/24 crystals" in first.stderr  # progress counts crystals, not units
     manifest = json.loads((out / "funnel" / "_manifest.json").read_text())
     assert manifest["config"]["hull"] == "local" and manifest["config"]["relax_steps"] == 40
     assert manifest["hull"]["name"] == "local" and manifest["hull"]["materials"] > 10000

@@ -76,6 +76,7 @@ EXPECTED_COUNTS = {
 
 
 def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, hull, references, training):
+    progress = []
     out, counts = run_funnel(
         table,
         FunnelConfig(hull="local", relax_steps=300),
@@ -83,7 +84,11 @@ def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, hull, re
         hull=hull,
         references=references,
         training_structures=TrainingSet.from_table(training),
+        on_progress=progress.append,
     )
+    # progress within the batch: the 6 rows not relaxed at once, then the 3 relaxed ones as
+    # they settle; every row exactly once
+    assert progress[0] == 6 and sum(progress) == 9 and all(n > 0 for n in progress)
     assert out.num_rows == table.num_rows
     assert out["sample_id"].to_pylist() == table["sample_id"].to_pylist()
     seconds = counts.pop("seconds")
@@ -109,7 +114,11 @@ def test_funnel_keeps_every_row_and_counts_each_stage(table, potential, hull, re
 
 
 def test_cheap_stages_alone_need_no_model(table):
-    out, counts = run_funnel(table, stages=("structure", "composition", "unique"))
+    progress = []
+    out, counts = run_funnel(
+        table, stages=("structure", "composition", "unique"), on_progress=progress.append
+    )
+    assert progress == [9]  # nothing relaxed: every row done at the end
     assert out.num_rows == 9 and "energy_per_atom" not in out.column_names
     assert counts["funnel"] == {"structure": 6, "composition": 5, "unique": 4}
     with pytest.raises(ValueError, match="hull"):
