@@ -13,12 +13,10 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
-class CrystalBatch:
-    frac_coords: torch.Tensor  # (N, 3) float, in [0, 1)
-    lattice: torch.Tensor  # (B, 3, 3) float, rows are lattice vectors, Angstrom
-    atom_types: torch.Tensor  # (N,) long, atomic numbers Z
-    num_atoms: torch.Tensor  # (B,) long
+class _AtomsOfCrystals:
+    """Per-crystal atom counts ``num_atoms`` (B,) of atoms concatenated crystal by crystal."""
+
+    num_atoms: torch.Tensor
 
     @property
     def num_crystals(self) -> int:
@@ -30,6 +28,14 @@ class CrystalBatch:
         return torch.repeat_interleave(
             torch.arange(self.num_crystals, device=self.num_atoms.device), self.num_atoms
         )
+
+
+@dataclass(frozen=True)
+class CrystalBatch(_AtomsOfCrystals):
+    frac_coords: torch.Tensor  # (N, 3) float, in [0, 1)
+    lattice: torch.Tensor  # (B, 3, 3) float, rows are lattice vectors, Angstrom
+    atom_types: torch.Tensor  # (N,) long, atomic numbers Z
+    num_atoms: torch.Tensor  # (B,) long
 
     def replace(self, **fields) -> CrystalBatch:
         return dataclasses.replace(self, **fields)
@@ -58,7 +64,7 @@ class CrystalBatch:
 
 
 @dataclass(frozen=True)
-class SampleSpec:
+class SampleSpec(_AtomsOfCrystals):
     """What to generate: one crystal per entry of ``num_atoms``.
 
     ``atom_types`` are the fields the task holds fixed: given for crystal structure prediction
@@ -70,17 +76,6 @@ class SampleSpec:
     num_atoms: torch.Tensor  # (B,) long
     atom_types: torch.Tensor | None = None  # (N,) long, atomic numbers Z; None: generated
     conditions: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-
-    @property
-    def num_crystals(self) -> int:
-        return int(self.num_atoms.shape[0])
-
-    @property
-    def batch_idx(self) -> torch.Tensor:
-        """(N,) long: index of the crystal each atom belongs to."""
-        return torch.repeat_interleave(
-            torch.arange(self.num_crystals, device=self.num_atoms.device), self.num_atoms
-        )
 
 
 def segment_mean(values: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from torch import nn
 from crysray.config import RunConfig
 from crysray.methods.base import GenerativeMethod
 from crysray.methods.crysbfn_fields import CoordField, FlowTime, LatticeField, TypeField
-from crysray.methods.fields import TypeVocabulary, fixed_fields
+from crysray.methods.fields import fixed_fields, type_network_parts, type_vocabulary
 from crysray.methods.flows import DiscreteFlow, GaussianFlow, VonMisesFlow
 from crysray.methods.torus import wrap
 from crysray.nets.cspnet import CSPNet, lattice_gram, sinusoidal_embedding
@@ -107,27 +107,21 @@ class CrysBFN(GenerativeMethod):
                 **self.type_fields(config),
             }
         )
-        if "atom_types" in self.fields:  # generated types: beliefs in, logits out
-            type_input = self.fields["atom_types"].input_layer(net.hidden_dim)
-            type_head = self.fields["atom_types"].head(net.hidden_dim)
-        else:  # given types: embedded atomic numbers
-            type_input, type_head = nn.Embedding(net.max_atomic_number + 1, net.hidden_dim), None
+        type_input, type_head = type_network_parts(
+            self.fields, net.hidden_dim, net.max_atomic_number
+        )
         self.denoiser = CrysBFNDenoiser(
             net.hidden_dim, net.num_layers, net.num_freqs, net.time_dim, type_input, type_head
         )
 
     @staticmethod
     def type_fields(config: RunConfig) -> dict:
-        """The task decides, here and only here: DNG generates the types, CSP is given them."""
-        m, data = config.method, config.data
-        if m.task == "csp":
+        """DNG: the discrete Bayesian flow on types; CSP: none (``type_vocabulary``)."""
+        vocab = type_vocabulary(config, "crysbfn")
+        if vocab is None:
             return {}
-        if m.task != "dng":
-            raise ValueError(f"crysbfn: unknown task {m.task!r} (csp or dng)")
-        if not data.atom_types:
-            raise ValueError("crysbfn dng: data.atom_types must be set from the training split")
-        vocab = TypeVocabulary(data.atom_types, config.net.max_atomic_number)
-        return {"atom_types": TypeField(DiscreteFlow(m.beta1_type, len(vocab)), vocab)}
+        flow = DiscreteFlow(config.method.beta1_type, len(vocab))
+        return {"atom_types": TypeField(flow, vocab)}
 
     @classmethod
     def fit_config(cls, config: RunConfig, train_table) -> RunConfig:

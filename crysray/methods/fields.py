@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from crysray.config import RunConfig
 from crysray.types import CrystalBatch, SampleSpec
 
 
@@ -88,3 +89,25 @@ class TypeVocabulary(nn.Module):
 def fixed_fields(spec: SampleSpec) -> dict:
     """The fields a spec holds fixed, by process name; a generated field replaces its entry."""
     return {"atom_types": spec.atom_types}
+
+
+def type_vocabulary(config: RunConfig, method: str) -> TypeVocabulary | None:
+    """The task decides, here and only here: None for CSP (the types are given), the training
+    split's types for DNG (the method generates them)."""
+    task, atom_types = config.method.task, config.data.atom_types
+    if task == "csp":
+        return None
+    if task != "dng":
+        raise ValueError(f"{method}: unknown task {task!r} (csp or dng)")
+    if not atom_types:
+        raise ValueError(f"{method} dng: data.atom_types must be set from the training split")
+    return TypeVocabulary(atom_types, config.net.max_atomic_number)
+
+
+def type_network_parts(fields: nn.ModuleDict, hidden_dim: int, max_atomic_number: int):
+    """(type input layer, type output head or None) of a method's network: a generated type
+    field brings its own (beliefs or noisy types in, logits out); given types are embedded."""
+    if "atom_types" in fields:
+        field = fields["atom_types"]
+        return field.input_layer(hidden_dim), field.head(hidden_dim)
+    return nn.Embedding(max_atomic_number + 1, hidden_dim), None

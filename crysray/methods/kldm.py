@@ -28,7 +28,7 @@ from crysray.config import RunConfig
 from crysray.methods import kldm_lattice as lat
 from crysray.methods import kldm_process as kp
 from crysray.methods.base import GenerativeMethod
-from crysray.methods.fields import TypeVocabulary, fixed_fields
+from crysray.methods.fields import fixed_fields, type_network_parts, type_vocabulary
 from crysray.methods.kldm_fields import Clock, CoordField, LatticeField, TypeField
 from crysray.methods.kldm_types import type_process
 from crysray.methods.torus import TWO_PI
@@ -102,26 +102,20 @@ class KLDM(GenerativeMethod):
                 **self.type_fields(config),
             }
         )
-        if "atom_types" in self.fields:  # generated types: the variant's input and head
-            type_input = self.fields["atom_types"].input_layer(net.hidden_dim)
-            type_head = self.fields["atom_types"].head(net.hidden_dim)
-        else:  # given types: embedded atomic numbers
-            type_input, type_head = nn.Embedding(net.max_atomic_number + 1, net.hidden_dim), None
+        type_input, type_head = type_network_parts(
+            self.fields, net.hidden_dim, net.max_atomic_number
+        )
         self.denoiser = KLDMDenoiser(
             net.hidden_dim, net.num_layers, net.num_freqs, net.time_dim, type_input, type_head
         )
 
     @staticmethod
     def type_fields(config: RunConfig) -> dict:
-        """The task decides, here and only here: DNG generates the types, CSP is given them."""
-        m, data = config.method, config.data
-        if m.task == "csp":
+        """DNG: the type variant's process; CSP: none (``type_vocabulary``)."""
+        vocab = type_vocabulary(config, "kldm")
+        if vocab is None:
             return {}
-        if m.task != "dng":
-            raise ValueError(f"kldm: unknown task {m.task!r} (csp or dng)")
-        if not data.atom_types:
-            raise ValueError("kldm dng: data.atom_types must be set from the training split")
-        vocab = TypeVocabulary(data.atom_types, config.net.max_atomic_number)
+        m = config.method
         return {
             "atom_types": TypeField(type_process(m.type_variant, len(vocab), m.masking_loss), vocab)
         }
