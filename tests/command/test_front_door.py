@@ -45,7 +45,9 @@ def test_ctrl_c_is_one_line_not_a_failed_attempt_and_the_rerun_finishes(tiny_che
     formulas = tmp_path / "f.txt"
     formulas.write_text("SrTiO3\nBaTiO3\nCa2Ti2O6\n")
     args = ["--checkpoint", tiny_checkpoint, "--compositions", formulas, "--num-samples", 300,
-            "--unit-size", 10, "--batch-size", 2, "--steps", 10, "--out", out]  # fmt: skip
+            "--unit-size", 10, "--batch-size", 2, "--steps", 60, "--out", out]  # fmt: skip
+    # 60 steps in batches of 2: units slow enough that the run is still going when it is
+    # interrupted (with 10 steps the 30 units could all finish first, on a fast machine)
     proc = start_job("mass_sample.py", *args)  # a private Ray of its own, in its own session
     deadline = time.time() + 300
     while not finished_units(out) or not list((out / "attempts").glob("*.json")):
