@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,4 +89,11 @@ def start_job(script: str, *args, ray_address: str | None = None) -> subprocess.
     return subprocess.Popen(
         job_command(script, *args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True, env=job_environment(ray_address),
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - sets one signal disposition, no locks
     )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    """A test run started in the background of a shell inherits SIGINT ignored, and so would
+    the job, which then could not be interrupted: give the job the default, as a terminal does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
