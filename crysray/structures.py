@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 import torch
-from pymatgen.core import DummySpecies, Lattice, Structure
+from pymatgen.core import DummySpecies, Element, Lattice, Structure
 
 from crysray.types import CrystalBatch
 
@@ -164,6 +164,15 @@ def arrays_to_structure(lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) ->
     lattice = Lattice(np.asarray(lattice, dtype=np.float64).reshape(3, 3))
     species = [int(zi) for zi in np.asarray(z).reshape(-1)]
     return Structure(lattice, species, np.asarray(frac, dtype=np.float64).reshape(-1, 3))
+
+
+def cell_formula(atoms: np.ndarray) -> str:
+    """'SrTiO3' for [38, 22, 8, 8, 8]: elements in order of first appearance (not reduced)."""
+    symbols, first, counts = np.unique(np.asarray(atoms), return_index=True, return_counts=True)
+    return "".join(
+        Element.from_Z(int(symbols[i])).symbol + (str(counts[i]) if counts[i] > 1 else "")
+        for i in np.argsort(first)
+    )
 
 
 def min_interatomic_distance(lattice: np.ndarray, frac: np.ndarray) -> float:

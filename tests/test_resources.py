@@ -392,10 +392,10 @@ def test_cli_turns_a_missing_dataset_into_one_error_line(
 def test_composed_split_is_its_parts_in_order_and_built_once(server, fresh_machine, monkeypatch):
     """mp_20_reduced/train = MP-20 pilot train + MP-20 binary/ternary val, downloaded parts."""
     paths = [_serve_data(server, monkeypatch, *part) for part in res.COMPOSED[
-        ("mp_20_reduced", "train")]]  # fmt: skip
+        ("mp_20_reduced", "train")].parts]  # fmt: skip
     got = dataset_file("mp_20_reduced", "train")
     parts = [pd.read_csv(SHARED / "data" / res.DATASETS[p].relpath)
-             for p in res.COMPOSED[("mp_20_reduced", "train")]]  # fmt: skip
+             for p in res.COMPOSED[("mp_20_reduced", "train")].parts]  # fmt: skip
     composed = pd.read_csv(got)
     assert len(composed) == 1000 + 7140
     assert composed["material_id"].tolist() == [m for f in parts for m in f["material_id"]]

@@ -11,31 +11,41 @@ from pathlib import Path
 from crysray.command.common import add_ray_arguments, check_location, log_file
 from crysray.sample.plan import TASKS_PER_REPLICA
 
-SHIPPED = Path("checkpoints") / "crysbfn_perov5.pt"
+# --model names: the shipped CSP checkpoints of the checkout
+SHIPPED = {
+    "perov5": Path("checkpoints") / "crysbfn_perov5.pt",
+    "mp": Path("checkpoints") / "crysbfn_mp20_csp.pt",
+}
 CHECKPOINT_HELP = (
-    "inference checkpoint to sample: one file holding the model's config and EMA weights, as "
-    "written by crysray-train --export (a training checkpoint.pt works too); default: the "
-    f"shipped Perov-5 CrysBFN CSP model, {SHIPPED} of the checkout"
+    "model to sample: perov5 (CrysBFN CSP trained on Perov-5, the default), mp (CrysBFN CSP "
+    "trained on Materials Project cells of <= 20 atoms) or the path of an inference checkpoint "
+    "(written by crysray-train --export; a training checkpoint.pt works too). A composition "
+    "outside the model's training domain is counted and named in the summary and manifest.json"
 )
 
 
-def default_checkpoint() -> Path:
-    """The shipped model: in the current directory (a job's working-dir copy), else in the
-    checkout crysray runs from (or was pip-installed from)."""
+def resolve_model(model: str | Path | None) -> Path:
+    """The checkpoint a --model value names: a shipped model's file in the current directory
+    (a job's working-dir copy), else in the checkout crysray runs from (or was pip-installed
+    from); any other value is a path."""
     from crysray.resources import installed_checkout
 
+    name = str(model or "perov5")
+    if name not in SHIPPED:
+        return Path(name)
     checkouts = [Path.cwd(), Path(__file__).resolve().parents[2], installed_checkout()]
     for checkout in filter(None, checkouts):
-        if (checkout / SHIPPED).is_file():
-            return checkout / SHIPPED
-    return SHIPPED
+        if (checkout / SHIPPED[name]).is_file():
+            return checkout / SHIPPED[name]
+    return SHIPPED[name]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from crysray.filter.config import add_funnel_arguments
     from crysray.sample.sampler import add_sampler_arguments
 
-    p.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
+    p.add_argument("--model", "--checkpoint", dest="checkpoint", default=None,
+                   help=CHECKPOINT_HELP)
     p.add_argument("--task", choices=["csp", "dng"], default=None,
                    help="csp: structures for the compositions in --compositions; dng: new "
                    "crystals, compositions included (default: the checkpoint's task)")
@@ -92,12 +102,13 @@ def run(args) -> int:
     # dataset the checkpoint was trained on
     validate(args)
     check_location(args.out, "--out")
-    args.checkpoint = args.checkpoint or default_checkpoint()
+    args.checkpoint = resolve_model(args.checkpoint)
     store = Storage(args.out)  # a bad URL or a missing bucket fails here, before Ray
-    model_config = read_checkpoint(args.checkpoint)["config"]
+    payload = read_checkpoint(args.checkpoint)
+    model_config = payload["config"]
     train_split = dataset_path(model_config["data"]["dataset"], "train") if args.funnel else None
     funnel = funnel_config_from_args(args, train_split) if args.funnel else None
-    plan = plan_campaign(args, store, model_config, funnel)
+    plan = plan_campaign(args, store, payload, funnel)
     summary = sample_with_ray(args, store, plan, funnel)
     print("\n".join(summary_lines(summary)))
     return 1 if summary["failed_units"] else 0

@@ -27,14 +27,13 @@ def add_local_arguments(p: argparse.ArgumentParser) -> None:
 def run_local(args) -> int:
     import logging
 
-    from crysray.train.checkpoint import export_inference
     from crysray.train.local import run_local_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = _load_config(args.config, args.overrides)
     result = run_local_training(config, args.run_dir)
     if args.export:
-        export_inference(args.run_dir / "checkpoint.pt", args.export)
+        export_with_domain(args.run_dir / "checkpoint.pt", args.export)
     print(result)
     return 0
 
@@ -57,9 +56,17 @@ def add_ray_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
 
 
+def export_with_domain(src: Path, dst: Path) -> None:
+    """The inference checkpoint, with the training domain of the dataset it was trained on."""
+    from crysray.data.domain import dataset_domain
+    from crysray.train.checkpoint import export_inference, read_checkpoint
+
+    dataset = read_checkpoint(src)["config"]["data"]["dataset"]
+    export_inference(src, dst, dataset_domain(dataset).to_dict())
+
+
 def run_ray(args) -> int:
     from crysray.console import quiet_stderr
-    from crysray.train.checkpoint import export_inference
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -77,7 +84,7 @@ def run_ray(args) -> int:
                                 storage, args.name, args.max_failures)  # fmt: skip
     if args.export and result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            export_inference(Path(d) / "checkpoint.pt", args.export)
+            export_with_domain(Path(d) / "checkpoint.pt", args.export)
     print(f"final metrics: {result.metrics}")
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     return 0

@@ -57,15 +57,8 @@ def match_rate_rmse(
         tightness of the first candidates (``tightness``) and ``close_atoms_share`` over all
         candidates.
     """
-    if len(predictions) != len(targets):
-        raise ValueError(f"{len(predictions)} prediction lists for {len(targets)} targets")
-    if not targets:
-        raise ValueError("no targets to evaluate")
     candidates = [p if isinstance(p, (list, tuple)) else [p] for p in predictions]
-    items = [
-        ([_pack(c) for c in cands], _pack(t)) for cands, t in zip(candidates, targets, strict=True)
-    ]
-    rms = _map(items, workers)  # per target, per candidate: RMSE or None
+    rms = candidate_rms(candidates, targets, workers)
     first = [r[0] if r else None for r in rms]
     best = [min((v for v in r if v is not None), default=None) for r in rms]
     rate, rmse = _summary(first)
@@ -80,6 +73,18 @@ def match_rate_rmse(
         **tightness(first),
         "close_atoms_share": close_atoms_share([c for cands in candidates for c in cands]),
     }
+
+
+def candidate_rms(
+    predictions: list[list[Structure | None]], targets: list[Structure], workers: int = 2
+) -> list[list[float | None]]:
+    """Per target, per candidate: the RMSE of a struct-valid match, or None (no match)."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(targets)} targets")
+    if not targets:
+        raise ValueError("no targets to evaluate")
+    items = [([_pack(c) for c in cands], _pack(t)) for cands, t in zip(predictions, targets)]
+    return _map(items, workers)
 
 
 def tightness(rms: list[float | None]) -> dict:

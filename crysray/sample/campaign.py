@@ -168,14 +168,15 @@ def record_failures(out_dir: Location) -> dict[int, str]:
     return failed
 
 
-def record_skipped(out_dir: Location, count: int, lines: list[str]) -> None:
-    """Name the composition lines a run skipped in its manifest (the first ones, and how many)."""
+def record_manifest_section(out_dir: Location, key: str, value: dict | None) -> None:
+    """Set (or, with None, remove) one informational section of a run's manifest, e.g. the
+    composition lines it skipped or the ones outside the model's domain."""
     store = storage_of(out_dir)
     text = store.read_text(MANIFEST)
     saved = json.loads(text)
-    saved.pop("skipped_compositions", None)
-    if count:
-        saved["skipped_compositions"] = {"count": count, "lines": lines}
+    saved.pop(key, None)
+    if value:
+        saved[key] = value
     if json.dumps(saved, indent=1) != text:
         store.write_text(MANIFEST, json.dumps(saved, indent=1))
 

@@ -17,6 +17,7 @@ from pymatgen.core import Element
 from crysray.data.csv import load_split
 from crysray.data.dataset import CrystalTable
 from crysray.sample.sampler import Composition
+from crysray.structures import cell_formula
 
 DEFAULT_MAX_ATOMS = 200  # CSPNet's graph is fully connected: memory grows with n_atoms^2
 # bad lines named in an error and skipped lines named in a run's manifest; the rest are counted
@@ -173,7 +174,7 @@ def _parquet_maker(value, source_id: str | None, where: str) -> Callable[[], Com
     def make() -> Composition:
         if len(atoms) == 0 or int(atoms.min()) < 1:
             raise ValueError(f"{where}: atomic numbers must be >= 1, got {atoms.tolist()}")
-        return Composition(source_id or _formula_of(atoms), atoms)
+        return Composition(source_id or cell_formula(atoms), atoms)
 
     return make
 
@@ -191,15 +192,6 @@ def read_compositions(path: str | Path) -> list[Composition]:
       an optional id after a comma (``SrTiO3,my-id``); blank lines and ``#`` comments skipped.
     """
     return read_targets(path, CompositionLimits(max_atoms=10**9))[0]
-
-
-def _formula_of(atoms: np.ndarray) -> str:
-    """'SrTiO3' for [38, 22, 8, 8, 8]: elements in order of first appearance (not reduced)."""
-    symbols, first, counts = np.unique(atoms, return_index=True, return_counts=True)
-    return "".join(
-        Element.from_Z(int(symbols[i])).symbol + (str(counts[i]) if counts[i] > 1 else "")
-        for i in np.argsort(first)
-    )
 
 
 def formula_atoms(formula: str, where: str = "") -> np.ndarray:

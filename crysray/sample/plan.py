@@ -35,6 +35,7 @@ class CampaignPlan:
     todo: list[int]
     skipped: int = 0  # compositions skipped (--skip-invalid-compositions)
     skipped_lines: list[str] = field(default_factory=list)
+    out_of_domain: dict = field(default_factory=dict)  # crysray.data.domain.OutOfDomain
 
 
 def validate(options) -> None:
@@ -56,31 +57,37 @@ def sampler_record(options, model_config: dict) -> tuple[int, dict]:
     )
 
 
-def plan_campaign(options, store, model_config: dict, funnel_config=None) -> CampaignPlan:
+def plan_campaign(options, store, checkpoint: dict, funnel_config=None) -> CampaignPlan:
     """Check everything, then create or resume the run in ``store``; the units to do.
 
     A composition file is checked and converted on local scratch space first; it joins the
     run (compositions.parquet) only once the run directory is accepted. With the funnel, its
     hull is prepared for the compositions' chemical systems before the run directory is
-    created, so a missing key or cache leaves nothing behind.
+    created, so a missing key or cache leaves nothing behind. CSP compositions outside the
+    checkpoint's training domain (a ``read_checkpoint`` payload) are counted, not refused.
     """
-    from crysray.sample.campaign import open_run, record_skipped
+    from crysray.sample.campaign import open_run, record_manifest_section
     from crysray.sample.composition_store import publish
 
+    model_config = checkpoint["config"]
     task = options.task or model_config["method"]["task"]
     if model_config["method"]["task"] != task:
         raise ValueError(
             f"{options.checkpoint} is a {model_config['method']['task']} model, not {task}"
         )
     with tempfile.TemporaryDirectory(prefix="crysray-compositions-") as scratch:
+        ood = {}
         if task == "dng":
             targets, skipped, lines = dng_targets(options, model_config), 0, []
         else:
             targets, skipped, lines = csp_targets(options, model_config, scratch)
+            ood = domain_check(checkpoint, targets)
         spec = campaign_spec(options, model_config, task, targets)
         hull = prepare_funnel_hull(options, funnel_config, task, targets)
         todo = open_run(store, spec)
-        record_skipped(store, skipped, lines)
+        skipped_section = {"count": skipped, "lines": lines} if skipped else None
+        record_manifest_section(store, "skipped_compositions", skipped_section)
+        record_manifest_section(store, "out_of_domain", ood if ood.get("count") else None)
         if task == "csp":
             targets = publish(targets, store)
     if funnel_config is not None:
@@ -88,7 +95,22 @@ def plan_campaign(options, store, model_config: dict, funnel_config=None) -> Cam
 
         open_funnel(store, funnel_config, hull)
         todo = sorted(set(todo) | set(pending_funnel_units(store)))
-    return CampaignPlan(spec, targets, todo, skipped, lines)
+    return CampaignPlan(spec, targets, todo, skipped, lines, ood)
+
+
+def domain_check(checkpoint: dict, targets) -> dict:
+    """Compositions outside the checkpoint's training domain (``OutOfDomain.to_dict``); an
+    empty dict when the domain cannot be known (its training split unavailable): then the
+    summary says so instead of staying silent."""
+    from crysray.data.domain import checkpoint_domain, out_of_domain
+    from crysray.resources import ResourceError
+
+    try:
+        domain = checkpoint_domain(checkpoint)
+    except ResourceError as err:
+        return {"unknown": f"training domain unknown ({err})"}
+    found = out_of_domain(targets.known_compositions(), domain)
+    return {"domain": domain.dataset, **found.to_dict()}
 
 
 def campaign_spec(options, model_config: dict, task: str, targets) -> CampaignSpec:
@@ -221,6 +243,7 @@ def summarize(store, plan: CampaignPlan, seconds: float) -> dict:
         "output": store.display("data"),
         "skipped_compositions": plan.skipped,
         "skipped_lines": plan.skipped_lines,
+        "out_of_domain": plan.out_of_domain,
     }
 
 
@@ -246,6 +269,14 @@ def summary_lines(summary: dict) -> list[str]:
         lines += [f"  {line}" for line in summary["skipped_lines"][:10]]
         if summary["skipped_compositions"] > 10:
             lines.append(f"  ... {summary['skipped_compositions'] - 10} more")
+    ood = summary.get("out_of_domain") or {}
+    if ood.get("count"):
+        reasons = ", ".join(f"{n} {r}" for r, n in ood["reasons"].items())
+        lines.append(f"WARNING           {ood['count']} compositions outside the model's training "
+                     f"domain ({ood['domain']}): {reasons}; named in manifest.json")  # fmt: skip
+        lines += [f"  {line}" for line in ood["named"][:10]]
+    elif ood.get("unknown"):
+        lines.append(f"WARNING           {ood['unknown']}")
     for unit, error in summary["failed_units"].items():
         lines.append(f"FAILED unit {unit}  {error} (recorded in manifest.json)")
     return lines

@@ -114,10 +114,14 @@ def _renamed(key: str) -> str:
     return key
 
 
-def export_inference(src: str | Path, dst: str | Path) -> None:
-    """Keep only config + EMA weights (what sampling needs): the file that ships."""
+def export_inference(src: str | Path, dst: str | Path, domain: dict | None = None) -> None:
+    """Keep only config + EMA weights (what sampling needs): the file that ships; with
+    ``domain`` (crysray.data.domain.TrainingDomain.to_dict) the training domain the sampling
+    jobs check compositions against."""
     payload = read_checkpoint(src)
-    keep = {k: payload[k] for k in ("config", "ema", "step", "metrics") if k in payload}
+    keep = {k: payload[k] for k in ("config", "ema", "step", "metrics", "domain") if k in payload}
+    if domain is not None:
+        keep["domain"] = domain
     save_checkpoint(Path(dst), keep)
 
 

@@ -163,7 +163,7 @@ def test_skipped_lines_are_named_in_the_summary_and_the_manifest(tiny_checkpoint
     options = sample_options(checkpoint=tiny_checkpoint, compositions=formulas, steps=3,
                              skip_invalid_compositions=True)  # fmt: skip
     store = Storage(tmp_path / "run")
-    plan = plan_campaign(options, store, read_checkpoint(tiny_checkpoint)["config"])
+    plan = plan_campaign(options, store, read_checkpoint(tiny_checkpoint))
     assert plan.skipped == 2 and plan.spec.num_samples == 2
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     named = manifest["skipped_compositions"]
@@ -343,7 +343,7 @@ def test_a_replica_reports_every_batch(tiny_checkpoint, tmp_path):
     options = sample_options(checkpoint=tiny_checkpoint, num_samples=7, unit_size=7,
                              batch_size=3, steps=2)  # fmt: skip
     store = Storage(tmp_path / "run")
-    plan = plan_campaign(options, store, read_checkpoint(tiny_checkpoint)["config"])
+    plan = plan_campaign(options, store, read_checkpoint(tiny_checkpoint))
 
     class Counter:
         def __init__(self):
