@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from support import REPO, start_job
 from crysray import commands
 from crysray.command.common import HelpFormatter, ray_failure
 from crysray.console import Progress
+from crysray.data.domain import LARGER_CELL, NOT_PEROVSKITE, UNSEEN_ELEMENTS, checkpoint_domain
 from crysray.sample.campaign import finished_units
 from crysray.sample.compositions import formula_atoms, read_targets
 from crysray.sample.plan import plan_campaign, steady_rate, summary_lines
@@ -401,3 +403,36 @@ def test_training_progress_has_a_total_and_an_eta():
     assert _eta(config, {"step": 0, "elapsed": 0.0}) == "--:--"
     by_time = config.replace("train", max_minutes=60)  # the minutes run out first
     assert _eta(by_time, {"step": 10, "elapsed": 45.0}) == "0:15"
+
+
+def test_compositions_outside_the_training_domain_are_counted_not_refused(tiny_checkpoint,
+                                                                          tmp_path):  # fmt: skip
+    """The tiny model is a Perov-5 CSP model: GaN and NaCl get an answer and a warning."""
+    formulas = tmp_path / "f.txt"
+    formulas.write_text("SrTiO3\nGaN\nNaCl\nBaTiO3\n")
+    options = sample_options(checkpoint=tiny_checkpoint, compositions=formulas, steps=3)
+    plan = plan_campaign(options, Storage(tmp_path / "run"), read_checkpoint(tiny_checkpoint))
+    assert plan.spec.num_samples == 4 and plan.skipped == 0
+    ood = json.loads((tmp_path / "run" / "manifest.json").read_text())["out_of_domain"]
+    assert ood == plan.out_of_domain and ood["domain"] == "perov_5" and ood["count"] == 2
+    assert ood["reasons"] == {NOT_PEROVSKITE: 2, UNSEEN_ELEMENTS: 1}  # NaCl: Cl never seen
+    assert [line.split(" (")[0] for line in ood["named"]] == ["GaN", "NaCl"]
+    summary = {"rows": 4, "unique_ids": 4, "valid_fraction": 1.0, "generated_now": 4,
+               "wall_seconds": 1.0, "crystals_per_second": 4.0, "output": "o",
+               "steady_crystals_per_second": float("nan"), "failed_units": {},
+               "skipped_compositions": 0, "skipped_lines": [], "out_of_domain": ood}
+    text = "\n".join(summary_lines(summary))
+    assert "WARNING           2 compositions outside the model's training domain (perov_5)" in text
+
+
+def test_model_names_pick_the_shipped_checkpoints():
+    from crysray.command.sample import resolve_model
+
+    assert resolve_model("perov5") == REPO / "checkpoints" / "crysbfn_perov5.pt"
+    mp = resolve_model("mp")
+    assert mp == REPO / "checkpoints" / "crysbfn_mp20_csp.pt" and mp.is_file()
+    assert resolve_model("my/model.pt") == Path("my/model.pt")
+    domain = checkpoint_domain(read_checkpoint(mp))  # stored in the shipped file
+    assert "domain" in read_checkpoint(mp) and domain.max_atoms == 20
+    assert domain.reasons(formula_atoms("LiFePO4")) == []
+    assert [r for r, _ in domain.reasons(formula_atoms("Li8Fe8P8O32"))] == [LARGER_CELL]

@@ -21,7 +21,7 @@ def test_rates_on_hand_made_targets():
         CandidateScores([None, 0.3, None], [None, 0.3, None], [-2.0, NAN, -1.0]),
     ]
     k1 = rediscovery_rates(targets, 1)
-    assert (k1["raw_match_at_1"], k1["relaxed_match_at_1"], k1["ranked_at_k"]) == (1 / 3, 1 / 3, 1 / 3)
+    assert k1["raw_match_at_1"] == k1["relaxed_match_at_1"] == k1["ranked_at_k"] == 1 / 3
     k3 = rediscovery_rates(targets, 3)
     assert k3["raw_match_at_k"] == pytest.approx(2 / 3)
     assert k3["relaxed_match_at_k"] == pytest.approx(2 / 3)  # target 3's match has no energy
