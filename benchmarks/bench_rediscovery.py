@@ -88,14 +88,14 @@ class Generator:
         return [make(np.array(t.atomic_numbers), k, rng) for t in targets]
 
 
-def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int, workers: int):
+def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int, args):
     start = time.perf_counter()
     candidates = generator.candidates(chunk, targets, k)
     generated = time.perf_counter()
     flat = [(b, j, c) for b, cands in enumerate(candidates) for j, c in enumerate(cands)]
     usable = [(b, j, c) for b, j, c in flat if c is not None]
     arrays = [structure_to_arrays(c) for _, _, c in usable]
-    config = FunnelConfig()
+    config = FunnelConfig(relax_steps=args.relax_steps)
     result = relax_batch(
         potential,
         np.stack([a[0] for a in arrays]),
@@ -117,8 +117,8 @@ def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int,
             int(result.steps[i]),
         )
     after = [[relaxed.get((b, j), (None,))[0] for j in range(k)] for b in range(len(targets))]
-    raw_rms = candidate_rms(candidates, targets, workers)
-    relaxed_rms = candidate_rms(after, targets, workers)
+    raw_rms = candidate_rms(candidates, targets, args.workers)
+    relaxed_rms = candidate_rms(after, targets, args.workers)
     rows = []
     for b, j, c in flat:
         missing = (None, float("nan"), "not generated", 0)
@@ -168,7 +168,7 @@ def summarise(out: Path, ids, k: int, args, potential) -> dict:
         "relaxations_per_target": total["relaxations"] / len(done),
         "relax_status": frame["relax_status"].value_counts().to_dict(),
         "potential": model_name(potential),
-        "relax": {"fmax": FunnelConfig.fmax, "relax_steps": FunnelConfig.relax_steps},
+        "relax": {"fmax": FunnelConfig.fmax, "relax_steps": args.relax_steps},
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
@@ -184,8 +184,11 @@ def parse_args(argv=None):
     p.add_argument("--targets", type=int, default=100, help="first N targets of the fixed order")
     p.add_argument("--chunk", type=int, default=4, help="targets per resumable chunk")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relax-steps", type=int, default=FunnelConfig.relax_steps,
+                   help="FIRE steps per relaxation (default: the funnel's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="processes for structure matching")
+    p.add_argument("--shard", default="0/1", help="i/n: only chunks i, i + n, ... (n processes)")
     p.add_argument("--out", default=None, help="chunk folder (default benchmarks/results/...)")
     p.add_argument("--record", default=str(RESULTS / "rediscovery.jsonl"))
     return p.parse_args(argv)
@@ -200,18 +203,21 @@ def main(argv=None) -> dict:
     ids, targets = ground_state_targets(args.targets)
     generator = Generator(args)
     potential = load_potential()
+    shard, shards = (int(x) for x in args.shard.split("/"))
     for chunk, start in enumerate(range(0, len(ids), args.chunk)):
         path = out / f"chunk-{chunk:04d}.parquet"
-        if path.exists():
+        if path.exists() or chunk % shards != shard:
             continue
         sl = slice(start, start + args.chunk)
-        table, timing = run_chunk(chunk, ids[sl], targets[sl], generator, potential, args.k,
-                                  args.workers)  # fmt: skip
+        table, timing = run_chunk(chunk, ids[sl], targets[sl], generator, potential, args.k, args)
         with atomic_path(out / f"chunk-{chunk:04d}.json") as tmp:
             Path(tmp).write_text(json.dumps(timing))
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         print(f"chunk {chunk}: {len(ids[sl])} targets, {timing}", flush=True)
+    if shards > 1 and len(list(out.glob("chunk-*.parquet"))) < -(-len(ids) // args.chunk):
+        print(f"shard {args.shard} done; rerun without --shard to summarise once all are")
+        return {}
     record = summarise(out, ids, args.k, args, potential)
     print(json.dumps(record))
     with open(args.record, "a") as f:
