@@ -404,3 +404,23 @@ def test_composed_split_is_its_parts_in_order_and_built_once(server, fresh_machi
     assert dataset_file("mp_20_reduced", "train") == got and len(server.requests) == 2
     leftovers = [p for p in _files_under(fresh_machine) if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+@needs_shared
+def test_composed_split_drops_evaluation_rows_and_large_cells(monkeypatch, tmp_path):
+    """The rules of mp_20_csp/train (no row of an evaluation split, cells up to a size), on
+    two small parts: pilot val + pilot test, minus pilot test, cells of <= 8 atoms."""
+    from crysray.structures import parse_cif
+
+    monkeypatch.setenv("CRYSRAY_CACHE", str(tmp_path / "cache"))
+    rule = res.Composed((("mp_20_pilot", "val"), ("mp_20_pilot", "test")),
+                        exclude=(("mp_20_pilot", "test"),), max_atoms=8)  # fmt: skip
+    monkeypatch.setitem(res.COMPOSED, ("toy_csp", "train"), rule)
+    composed = pd.read_csv(dataset_file("toy_csp", "train"))
+    val = pd.read_csv(SHARED / "data" / res.DATASETS[("mp_20_pilot", "val")].relpath)
+    small = [len(parse_cif(c)) <= 8 for c in val["cif"]]
+    assert composed["material_id"].tolist() == val["material_id"][small].tolist()
+    assert 0 < len(composed) < len(val)
+    real = res.COMPOSED[("mp_20_csp", "train")]
+    assert set(real.exclude) == {("mp_20_pilot", "val"), ("mp_20_pilot", "test")}
+    assert real.max_atoms == 20
