@@ -215,3 +215,27 @@ def test_write_structures_takes_the_relaxed_cell_when_the_funnel_ran(tmp_path):
     assert written.lattice.a == pytest.approx(5.6)
     assert write_structures(table, tmp_path / "raw", relaxed=False) == 2
     assert Structure.from_file(tmp_path / "raw" / "0-0-1_NaCl.cif").lattice.a == pytest.approx(4.0)
+
+
+def test_dft_inputs_are_the_materials_projects_relaxation_of_the_relaxed_cell(tmp_path):
+    """fmt="vasp": MPRelaxSet inputs per relaxed row, POTCAR.spec instead of POTCAR files, MP's
+    U value on Fe in an oxide."""
+    import pyarrow as pa
+
+    from crysray.sample.schema import write_structures
+
+    rock_salt = [0.0, 0, 0, 0.5, 0.5, 0.5]
+    cell = list(np.diag([4.3] * 3).reshape(-1))
+    lists = pa.list_(pa.float64())
+    table = _rows([cell] * 2, [rock_salt] * 2, [[26, 8], [11, 17]],
+                  relaxed_lattice=pa.array([cell, None], lists),
+                  relaxed_frac_coords=pa.array([rock_salt, None], lists))  # fmt: skip
+    table = table.set_column(1, "formula", pa.array(["FeO", "NaCl"]))
+    assert write_structures(table, tmp_path / "dft", fmt="vasp") == 1
+    folder = tmp_path / "dft" / "0-0-0_FeO"
+    assert sorted(p.name for p in folder.iterdir()) == ["INCAR", "KPOINTS", "POSCAR",
+                                                         "POTCAR.spec"]  # fmt: skip
+    assert (folder / "POTCAR.spec").read_text().split() == ["Fe_pv", "O"]
+    incar = dict(line.split(" = ") for line in (folder / "INCAR").read_text().splitlines())
+    assert incar["LDAU"] == "True" and incar["LDAUU"].split() == ["5.3", "0"]
+    assert Structure.from_file(folder / "POSCAR").lattice.a == pytest.approx(4.3)

@@ -190,7 +190,12 @@ def write_structures(
     table: pa.Table, directory, fmt: str = "cif", relaxed: bool | None = None
 ) -> int:
     """Write the crystals of ``table``: one CIF per row named ``{sample_id}_{formula}.cif``
-    (``cif``), or one ``structures.extxyz`` file; returns how many were written.
+    (``cif``), one ``structures.extxyz`` file, or one folder per row, ``{sample_id}_{formula}/``,
+    holding DFT-ready inputs of the Materials Project's relaxation (``vasp``: pymatgen's
+    ``MPRelaxSet``, i.e. MP's INCAR with its U values and magnetic moments, KPOINTS, POSCAR, and
+    ``POTCAR.spec`` naming MP's POTCARs, which are licensed and not shipped); so a DFT
+    calculation is comparable with the Materials Project's energies and hull. Returns how many
+    were written.
 
     ``relaxed`` (default: whenever the rows carry the funnel's relaxed cell) writes the relaxed
     crystals; rows that were not relaxed are then left out. Rows that cannot be built are
@@ -211,8 +216,13 @@ def write_structures(
 
         atoms = [AseAtomsAdaptor.get_atoms(s) for _, s in kept]
         write(str(directory / "structures.extxyz"), atoms, format="extxyz")
+    elif fmt == "vasp":
+        from pymatgen.io.vasp.sets import MPRelaxSet
+
+        for name, s in kept:
+            MPRelaxSet(s).write_input(str(directory / name), potcar_spec=True)
     else:
-        raise ValueError(f"unknown structure format {fmt!r} (cif or extxyz)")
+        raise ValueError(f"unknown structure format {fmt!r} (cif, extxyz or vasp)")
     return len(kept)
 
 
