@@ -49,6 +49,12 @@ from crysray.sample.sampler import Composition, CrystalSampler
 from crysray.structures import arrays_to_structure, rows_to_structures, structure_to_arrays
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROW_SCHEMA = pa.schema([
+    ("material_id", pa.string()), ("candidate", pa.int64()), ("generated", pa.bool_()),
+    ("relax_status", pa.string()), ("relax_steps", pa.int64()),
+    ("energy_per_atom", pa.float64()), ("raw_rms", pa.float64()), ("relaxed_rms", pa.float64()),
+    ("relaxed_cif", pa.string()),
+])  # fmt: skip
 ORDER_SEED = 2026
 KS = (1, 8, 32)
 
@@ -137,11 +143,11 @@ def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int,
         "relaxations": len(usable),
         "fire_steps": int(np.sum(result.steps)),
     }
-    return pa.Table.from_pylist(rows), timing
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA), timing
 
 
 def summarise(out: Path, ids, k: int, args, potential) -> dict:
-    tables = [pq.read_table(p) for p in sorted(out.glob("chunk-*.parquet"))]
+    tables = [pq.read_table(p).cast(ROW_SCHEMA) for p in sorted(out.glob("chunk-*.parquet"))]
     frame = pa.concat_tables(tables).to_pandas()
     timings = [json.loads(p.read_text()) for p in sorted(out.glob("chunk-*.json"))]
     done = [m for m in ids if m in set(frame["material_id"])]
