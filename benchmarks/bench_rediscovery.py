@@ -43,6 +43,7 @@ from crysray.eval.rediscovery import CandidateScores, rediscovery_rates
 from crysray.filter.config import FunnelConfig
 from crysray.filter.potential import load_potential, model_name
 from crysray.filter.relax import relax_batch
+from crysray.filter.uniqueness import uniqueness
 from crysray.resources import dataset_file
 from crysray.sample.random_search import pyxtal_candidates, random_cell_candidates
 from crysray.sample.sampler import Composition, CrystalSampler
@@ -53,7 +54,7 @@ ROW_SCHEMA = pa.schema([
     ("material_id", pa.string()), ("candidate", pa.int64()), ("generated", pa.bool_()),
     ("relax_status", pa.string()), ("relax_steps", pa.int64()),
     ("energy_per_atom", pa.float64()), ("raw_rms", pa.float64()), ("relaxed_rms", pa.float64()),
-    ("relaxed_cif", pa.string()),
+    ("relaxed_cif", pa.string()), ("raw_duplicate_of", pa.int64()),
 ])  # fmt: skip
 ORDER_SEED = 2026
 KS = (1, 8, 32)
@@ -123,6 +124,10 @@ def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int,
             int(result.steps[i]),
         )
     after = [[relaxed.get((b, j), (None,))[0] for j in range(k)] for b in range(len(targets))]
+    # which raw candidates repeat an earlier one of the same target (the funnel's uniqueness
+    # matcher): relaxations a campaign could skip by merging duplicates first
+    grouped = [uniqueness(cands, [str(j) for j in range(k)]) for cands in candidates]
+    duplicates = [duplicate_of for _, duplicate_of in grouped]
     raw_rms = candidate_rms(candidates, targets, args.workers)
     relaxed_rms = candidate_rms(after, targets, args.workers)
     rows = []
@@ -135,19 +140,29 @@ def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int,
             "energy_per_atom": energy,
             "raw_rms": raw_rms[b][j], "relaxed_rms": relaxed_rms[b][j],
             "relaxed_cif": structure.to(fmt="cif") if structure is not None else None,
+            "raw_duplicate_of": None if duplicates[b][j] is None else int(duplicates[b][j]),
         })  # fmt: skip
     timing = {
         "generation_seconds": generated - start,
         "relax_seconds": relaxed_at - generated,
         "match_seconds": time.perf_counter() - relaxed_at,
         "relaxations": len(usable),
+        "distinct_raw": int(sum(unique.sum() for unique, _ in grouped)),
         "fire_steps": int(np.sum(result.steps)),
     }
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA), timing
 
 
+def _with_schema(table: pa.Table) -> pa.Table:
+    """A chunk in ROW_SCHEMA; chunks written before a column existed get it as nulls."""
+    for field in ROW_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
+
+
 def summarise(out: Path, ids, k: int, args, potential) -> dict:
-    tables = [pq.read_table(p).cast(ROW_SCHEMA) for p in sorted(out.glob("chunk-*.parquet"))]
+    tables = [_with_schema(pq.read_table(p)) for p in sorted(out.glob("chunk-*.parquet"))]
     frame = pa.concat_tables(tables).to_pandas()
     timings = [json.loads(p.read_text()) for p in sorted(out.glob("chunk-*.json"))]
     done = [m for m in ids if m in set(frame["material_id"])]
@@ -160,7 +175,8 @@ def summarise(out: Path, ids, k: int, args, potential) -> dict:
             rows["energy_per_atom"].astype(float).tolist(),
         ))  # fmt: skip
     rates = {f"k{kk}": rediscovery_rates(scores, kk) for kk in KS if kk <= k}
-    total = {key: sum(t[key] for t in timings) for key in timings[0]}
+    keys = {key for t in timings for key in t}
+    total = {key: sum(t.get(key, float("nan")) for t in timings) for key in sorted(keys)}
     return {
         "benchmark": "rediscovery",
         "generator": args.generator,
@@ -172,6 +188,8 @@ def summarise(out: Path, ids, k: int, args, potential) -> dict:
         "rates": rates,
         **total,
         "relaxations_per_target": total["relaxations"] / len(done),
+        # distinct raw candidates per relaxation (NaN: chunks written before it was recorded)
+        "distinct_raw_share": total.get("distinct_raw", float("nan")) / total["relaxations"],
         "relax_status": frame["relax_status"].value_counts().to_dict(),
         "potential": model_name(potential),
         "relax": {"fmax": FunnelConfig.fmax, "relax_steps": args.relax_steps},
