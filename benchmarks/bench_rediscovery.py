@@ -162,9 +162,14 @@ def _with_schema(table: pa.Table) -> pa.Table:
 
 
 def summarise(out: Path, ids, k: int, args, potential) -> dict:
-    tables = [_with_schema(pq.read_table(p)) for p in sorted(out.glob("chunk-*.parquet"))]
+    """Rates over the first ``len(ids)`` targets, and the cost of their chunks only (a folder
+    may hold more chunks, from a run with more targets)."""
+    chunks = range(-(-len(ids) // args.chunk))
+    parquet = [out / f"chunk-{c:04d}.parquet" for c in chunks]
+    tables = [_with_schema(pq.read_table(p)) for p in parquet if p.exists()]
     frame = pa.concat_tables(tables).to_pandas()
-    timings = [json.loads(p.read_text()) for p in sorted(out.glob("chunk-*.json"))]
+    frame = frame[frame["material_id"].isin(ids)]
+    timings = [json.loads(p.with_suffix(".json").read_text()) for p in parquet if p.exists()]
     done = [m for m in ids if m in set(frame["material_id"])]
     scores = []
     for m in done:
