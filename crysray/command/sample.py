@@ -17,8 +17,9 @@ SHIPPED = {
     "mp": Path("checkpoints") / "crysbfn_mp20_csp.pt",
 }
 CHECKPOINT_HELP = (
-    "model to sample: perov5 (CrysBFN CSP trained on Perov-5, the default), mp (CrysBFN CSP "
-    "trained on Materials Project cells of <= 20 atoms) or the path of an inference checkpoint "
+    "model to sample: perov5 (the shipped CrysBFN CSP model of Perov-5, the default), mp (the "
+    "shipped CrysBFN CSP model of Materials Project cells of <= 20 atoms) or the path of an "
+    "inference checkpoint "
     "(written by crysray-train --export; a training checkpoint.pt works too). A composition "
     "outside the model's training domain is counted and named in the summary and manifest.json"
 )

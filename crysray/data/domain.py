@@ -6,9 +6,12 @@ or (for a model trained only on Perov-5) anything that is not a five-atom ABX3 p
 cell. Such answers are guesses, so the sampling jobs count them as out of domain, per reason,
 in the run summary and the manifest.
 
-The domain is stored in an exported checkpoint (``domain`` key); for a checkpoint written
-before that, it is computed from the training split the checkpoint names (found like every
-dataset, crysray.resources) and cached.
+The domain is stored in an exported checkpoint (``domain`` key). For a checkpoint written
+before that, it is the packaged domain of its dataset (``domains.json``: Perov-5 and the reduced
+MP split, computed from their checksum-pinned training files by ``dataset_domain``), else it
+is computed from the training split the checkpoint names (found like every dataset,
+crysray.resources) and cached. Parsing a training split on the first sampling run of a fresh
+machine would cost a minute; the packaged file avoids it for the shipped models.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +31,7 @@ from crysray.structures import cell_formula
 # Perov-5 holds one structure type: the five-atom cubic perovskite cell ABX3 (with mixed sites
 # such as ABX2Y: every training cell has 5 atoms of 2 to 5 elements)
 PEROVSKITE_DATASETS = {"perov_5"}
+PACKAGED = Path(__file__).with_name("domains.json")
 MAX_NAMED = 100  # compositions named in a manifest; the rest are counted
 UNSEEN_ELEMENTS = "elements never seen in training"
 LARGER_CELL = "cell larger than any training cell"
@@ -103,11 +108,18 @@ def out_of_domain(targets: Iterable, domain: TrainingDomain) -> OutOfDomain:
 
 
 def checkpoint_domain(payload: dict) -> TrainingDomain:
-    """The domain stored in a checkpoint, else computed from its training split (cached)."""
+    """The domain stored in a checkpoint, else its dataset's packaged or computed domain."""
     if "domain" in payload:
-        d = payload["domain"]
-        return TrainingDomain(d["dataset"], tuple(d["elements"]), int(d["max_atoms"]))
-    return dataset_domain(payload["config"]["data"]["dataset"])
+        return _from_dict(payload["domain"])
+    dataset = payload["config"]["data"]["dataset"]
+    packaged = json.loads(PACKAGED.read_text())
+    if dataset in packaged:
+        return _from_dict(packaged[dataset])
+    return dataset_domain(dataset)
+
+
+def _from_dict(d: dict) -> TrainingDomain:
+    return TrainingDomain(d["dataset"], tuple(d["elements"]), int(d["max_atoms"]))
 
 
 def dataset_domain(dataset: str) -> TrainingDomain:
@@ -116,8 +128,7 @@ def dataset_domain(dataset: str) -> TrainingDomain:
     path = dataset_path(dataset, "train")
     cache = default_cache_dir() / "domain" / f"{dataset}-{path.stat().st_size}.json"
     if cache.is_file():
-        d = json.loads(cache.read_text())
-        return TrainingDomain(d["dataset"], tuple(d["elements"]), int(d["max_atoms"]))
+        return _from_dict(json.loads(cache.read_text()))
     domain = TrainingDomain.of_table(dataset, load_split(path))
     with atomic_path(cache) as tmp:
         tmp.write_text(json.dumps(domain.to_dict()))

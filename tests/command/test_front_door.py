@@ -228,7 +228,8 @@ def test_checkpoint_is_explained(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         commands.main(["sample", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--checkpoint" in text and "crysray-train --export" in text and "shipped" in text
+    assert "--model" in text and "--checkpoint" in text and "crysray-train --export" in text
+    assert "perov5 (the shipped CrysBFN CSP model of Perov-5" in text and "mp (the shipped" in text
 
 
 def test_an_unknown_config_lists_the_packaged_ones(tmp_path, capsys):

@@ -9,6 +9,7 @@ from crysray.data.domain import (
     NOT_PEROVSKITE,
     UNSEEN_ELEMENTS,
     TrainingDomain,
+    checkpoint_domain,
     dataset_domain,
     out_of_domain,
 )
@@ -29,6 +30,9 @@ def test_perov5_domain_is_its_split_and_flags_non_perovskites():
     assert set(reasons) == {UNSEEN_ELEMENTS, LARGER_CELL, NOT_PEROVSKITE}
     assert reasons[UNSEEN_ELEMENTS] == "P" and reasons[LARGER_CELL] == "7 atoms > 5"
     assert dataset_domain("perov_5") == domain  # the cached copy is the same domain
+    # the packaged copy (used for checkpoints without a stored domain) is the computed one
+    old_checkpoint = {"config": {"data": {"dataset": "perov_5"}}}
+    assert checkpoint_domain(old_checkpoint) == domain
 
 
 def test_out_of_domain_counts_each_composition_once_and_by_reason():
