@@ -87,7 +87,8 @@ def plan_campaign(options, store, checkpoint: dict, funnel_config=None) -> Campa
         todo = open_run(store, spec)
         skipped_section = {"count": skipped, "lines": lines} if skipped else None
         record_manifest_section(store, "skipped_compositions", skipped_section)
-        record_manifest_section(store, "out_of_domain", ood if ood.get("count") else None)
+        known_or_not = ood.get("count") or ood.get("unknown")
+        record_manifest_section(store, "out_of_domain", ood if known_or_not else None)
         if task == "csp":
             targets = publish(targets, store)
     if funnel_config is not None:
@@ -99,9 +100,10 @@ def plan_campaign(options, store, checkpoint: dict, funnel_config=None) -> Campa
 
 
 def domain_check(checkpoint: dict, targets) -> dict:
-    """Compositions outside the checkpoint's training domain (``OutOfDomain.to_dict``); an
-    empty dict when the domain cannot be known (its training split unavailable): then the
-    summary says so instead of staying silent."""
+    """Compositions outside the checkpoint's training domain (``OutOfDomain.to_dict``), or
+    ``{"unknown": why}`` when the domain cannot be known (a checkpoint without a stored domain
+    whose training split is unavailable): the summary and manifest then say so instead of
+    staying silent."""
     from crysray.data.domain import checkpoint_domain, out_of_domain
     from crysray.resources import ResourceError
 
