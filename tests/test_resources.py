@@ -198,7 +198,7 @@ def test_unreachable_server_counts_as_offline(fresh_machine, monkeypatch):
 def test_unknown_split_fails_without_trying_the_network(fresh_machine, server, monkeypatch):
     monkeypatch.setenv("CRYSRAY_DATA_URL", server.url)
     with pytest.raises(ResourceError, match="no known public copy"):
-        dataset_file("carbon_24", "train")
+        dataset_file("mp_20_pilot", "holdout")  # a split nobody publishes
     assert server.requests == []
 
 
