@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from crysray.data.csv import dataset_path, load_split
@@ -35,6 +35,9 @@ from crysray.filter.potential import load_potential
 from crysray.filter.relax import relax_batch
 from crysray.sample.compositions import table_compositions
 from crysray.sample.sampler import CrystalSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder, when imported
+from bench_relax import perturbed_test_crystals
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -80,20 +83,11 @@ def sample_rate(checkpoint: str, device: str, count: int, precision: str, batch:
 
 def relax_rate(device: str, count: int) -> float:
     """Crystals/s of the batched MatGL relaxation (FIRE, the funnel's defaults)."""
-    table = load_split(dataset_path("mp_20_pilot", "test"))
-    rng = np.random.default_rng(0)
-    lattices, fracs, numbers = [], [], []
-    for b in range(count):
-        atoms = slice(table.offsets[b], table.offsets[b + 1])
-        lattice = table.lattice[b] * 1.05 ** (1 / 3)  # +5 % volume, 0.05 A noise
-        cart = table.frac_coords[atoms] @ lattice + rng.normal(0.0, 0.05, (table.num_atoms[b], 3))
-        lattices.append(lattice)
-        fracs.append(cart @ np.linalg.inv(lattice))
-        numbers.append(table.atom_types[atoms])
+    lattices, fracs, numbers = perturbed_test_crystals(count)  # +5 % volume, 0.05 A noise
     potential = load_potential(device=device)
     _sync(device)
     start = time.perf_counter()
-    relax_batch(potential, np.stack(lattices), fracs, numbers)
+    relax_batch(potential, lattices, fracs, numbers)
     _sync(device)
     return count / (time.perf_counter() - start)
 
