@@ -3,6 +3,7 @@
     crysray sample --out outputs/perov5_csp          sample crystals (a pool of Ray actors)
     crysray funnel --run outputs/perov5_csp          MatGL stability funnel over a run
     crysray report --run outputs/perov5_csp          report.md, report.json and plots
+    crysray campaign --chemsys Li-Mn-O --out s1      screen chemical systems end to end
     crysray train --run-dir runs/perov5              train on this machine (= crysray-train)
     crysray ray-train --workers 2 --name perov5      train with Ray Train (DDP)
     crysray eval csp|dng --checkpoint model.pt       CSP or DNG metrics of a checkpoint
@@ -23,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from crysray.command import funnel, report, sample, train
+from crysray.command import campaign, funnel, report, sample, train
 from crysray.command.common import HelpFormatter, finish
 
 # name -> (module, help); each module has add_arguments(parser) and run(args)
@@ -31,10 +32,11 @@ COMMANDS = {
     "sample": (sample, "sample crystals with a pool of model replicas on Ray, into Parquet"),
     "funnel": (funnel, "the MatGL stability funnel over a sampling run"),
     "report": (report, "report.md, report.json and plots of a run"),
+    "campaign": (campaign, "screen chemical systems: CSP, tiered funnel, ranked candidates"),
 }
 # the names the job scripts go by in their messages
 JOB_NAMES = {"sample": "mass_sample", "funnel": "filter_stability", "report": "report",
-             "ray-train": "train"}  # fmt: skip
+             "campaign": "campaign", "ray-train": "train"}  # fmt: skip
 
 
 def _data_mp(args) -> int:

@@ -297,3 +297,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
         wrap_model=ray.train.torch.prepare_model, on_checkpoint=report, is_main=rank == 0,
         rank=rank, device=ray.train.torch.get_device(),
     )  # fmt: skip
+
+
+def screen_units(store: Storage, todo: list[int], screen, funnel: FunnelConfig, options,
+                 known_paths=(), hull_exclude=(), on_progress=None) -> None:  # fmt: skip
+    """The tiered funnel's actor pool (``ScreenUnitWorker``) over the screening units ``todo``;
+    ``on_progress(crystals)`` about every second. Joins Ray, or starts it, if not yet done."""
+    from crysray.screen.stage import ScreenUnitWorker
+
+    if not ray.is_initialized():
+        start_ray(options.address, verbose=options.verbose)
+    counter = ProgressCounter.remote()
+    res = actor_resources(ray.cluster_resources(), options.funnel_replicas, options.funnel_cpus,
+                          options.funnel_gpus)  # fmt: skip
+    units = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
+    pool = ray.data.ActorPoolStrategy(size=options.funnel_replicas)
+    stage = units.map_batches(
+        ScreenUnitWorker, batch_size=1, compute=pool,
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+        fn_constructor_kwargs={"run_dir": store.location, "screen": screen.as_dict(),
+                               "funnel": funnel.as_dict(), "known_paths": list(known_paths),
+                               "hull_exclude": dict(hull_exclude),
+                               "torch_threads": res.threads or 1,
+                               "progress": RayProgress(counter)},
+    )  # fmt: skip
+    with _polling(counter, lambda n: on_progress and on_progress(n)):
+        for _ in stage.iter_rows():
+            pass

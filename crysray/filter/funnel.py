@@ -215,27 +215,10 @@ def relax_columns(
     n = len(rows)
     status, steps, energy = [None] * n, [None] * n, [None] * n
     lattices, fracs = [None] * n, [None] * n
-    if len(idx):
-        result = relax_batch(
-            potential,
-            np.stack([rows[i][0] for i in idx]),
-            [rows[i][1] for i in idx],
-            [rows[i][2] for i in idx],
-            fmax=config.fmax,
-            relax_steps=config.relax_steps,
-            max_atoms_per_batch=config.max_atoms_per_batch,
-            on_settled=on_settled,
-        )
-        for k, i in enumerate(idx):
-            status[i], steps[i] = result.status[k], int(result.steps[k])
-            e = result.energy[k] / len(rows[i][2])
-            energy[i] = (
-                float(e)
-                if np.isfinite(e) and result.status[k] in ("converged", "not_converged")
-                else None
-            )
-            lattices[i] = result.lattice[k].reshape(-1).tolist()
-            fracs[i] = result.frac_coords[k].reshape(-1).tolist()
+    for i, r in zip(idx, relax_arrays([rows[i] for i in idx], potential, config,
+                                      on_settled=on_settled)):  # fmt: skip
+        status[i], steps[i], energy[i] = r.status, r.steps, r.energy_per_atom
+        lattices[i], fracs[i] = r.lattice.reshape(-1).tolist(), r.frac_coords.reshape(-1).tolist()
     return {
         "relax_status": pa.array(status, pa.string()),
         "relax_steps_taken": pa.array(steps, pa.int32()),
@@ -246,43 +229,104 @@ def relax_columns(
     }
 
 
+@dataclass(frozen=True)
+class Relaxed:
+    """One crystal after ``relax_arrays``: its final cell and what the potential says of it."""
+
+    status: str  # converged, not_converged, or why it was given up (relax_batch)
+    steps: int
+    energy_per_atom: float | None  # eV/atom; None unless (not_)converged with a finite energy
+    lattice: np.ndarray  # (3, 3) A
+    frac_coords: np.ndarray  # (n, 3)
+    atomic_numbers: np.ndarray  # (n,)
+
+
+def relax_arrays(rows, potential, config: FunnelConfig, relax_steps: int | None = None,
+                 on_settled=None) -> list[Relaxed]:  # fmt: skip
+    """Relax crystals given as ``(lattice, frac, Z)`` rows together (``relax_batch``).
+
+    ``relax_steps`` overrides the config's limit (a short pre-relaxation). The energy of a
+    crystal that did not end converged or not_converged (exploded, unusable) is None: it is
+    not an energy of that composition.
+    """
+    if not rows:
+        return []
+    result = relax_batch(
+        potential,
+        np.stack([r[0] for r in rows]),
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        fmax=config.fmax,
+        relax_steps=relax_steps or config.relax_steps,
+        max_atoms_per_batch=config.max_atoms_per_batch,
+        on_settled=on_settled,
+    )
+    out = []
+    for k, r in enumerate(rows):
+        e = result.energy[k] / len(r[2])
+        usable = np.isfinite(e) and result.status[k] in ("converged", "not_converged")
+        energy = float(e) if usable else None
+        lattice, frac = (
+            np.reshape(result.lattice[k], (3, 3)),
+            np.reshape(result.frac_coords[k], (-1, 3)),
+        )
+        out.append(Relaxed(result.status[k], int(result.steps[k]), energy, lattice, frac,
+                           np.asarray(r[2])))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class HullValues:
+    formation_energy_per_atom: float | None
+    e_above_hull: float | None
+    status: str  # ok, no_reference, incompatible
+    phases: int | None
+
+
+def hull_values(crystal: Relaxed, hull: HullReference, references: ElementalReferences
+                ) -> HullValues:  # fmt: skip
+    """Formation energy on the Materials Project's scale and e_above_hull of a relaxed crystal
+    with an energy (MP2020 corrections on its relaxed structure)."""
+    z = crystal.atomic_numbers
+    composition = composition_of(z)
+    if not references.covers(composition):
+        return HullValues(None, None, "no_reference", None)
+    structure = arrays_to_structure(crystal.lattice, crystal.frac_coords, z)
+    energy = corrected_energy(structure, crystal.energy_per_atom * len(z))
+    if not np.isfinite(energy):
+        return HullValues(None, None, "incompatible", None)
+    formation = references.formation_energy_per_atom(composition, energy)
+    point = hull.e_above_hull(composition, energy)
+    if not np.isfinite(point.e_above_hull):
+        return HullValues(formation, None, "no_reference", point.phases)
+    return HullValues(formation, point.e_above_hull, "ok", point.phases)
+
+
 def hull_columns(run: _Run, threshold: float) -> dict[str, pa.Array]:
     """Formation energy (MP scale) and e_above_hull of every row with a relaxed energy."""
     energies = run.columns["energy_per_atom"].to_pylist()
     lattices = run.columns["relaxed_lattice"].to_pylist()
     fracs = run.columns["relaxed_frac_coords"].to_pylist()
+    statuses = run.columns["relax_status"].to_pylist()
+    values = [
+        None if e is None else hull_values(
+            Relaxed(statuses[i], 0, e, np.reshape(lattices[i], (3, 3)),
+                    np.reshape(fracs[i], (-1, 3)), run.rows[i][2]),
+            run.hull, run.references)
+        for i, e in enumerate(energies)
+    ]  # fmt: skip
     n = len(run.rows)
-    formation, e_hull, status, phases = [None] * n, [None] * n, [None] * n, [None] * n
-    for i, e in enumerate(energies):
-        if e is None:
-            continue
-        z = run.rows[i][2]
-        composition = composition_of(z)
-        if not run.references.covers(composition):
-            status[i] = "no_reference"
-            continue
-        structure = arrays_to_structure(
-            np.reshape(lattices[i], (3, 3)), np.reshape(fracs[i], (-1, 3)), z
-        )
-        energy = corrected_energy(structure, e * len(z))
-        if not np.isfinite(energy):
-            status[i] = "incompatible"
-            continue
-        formation[i] = run.references.formation_energy_per_atom(composition, energy)
-        point = run.hull.e_above_hull(composition, energy)
-        phases[i] = point.phases
-        if np.isfinite(point.e_above_hull):
-            e_hull[i], status[i] = point.e_above_hull, "ok"
-        else:
-            status[i] = "no_reference"
-    e_array = np.array([np.nan if v is None else v for v in e_hull])
+    e_array = np.array([np.nan if v is None or v.e_above_hull is None else v.e_above_hull
+                        for v in values])  # fmt: skip
     stable = stable_flags(e_array, threshold) & bools(run.columns["pass_relax"])
     return {
-        "formation_energy_per_atom": pa.array(formation, pa.float64()),
-        "e_above_hull": pa.array(e_hull, pa.float64()),
-        "hull_status": pa.array(status, pa.string()),
+        "formation_energy_per_atom": pa.array(
+            [v and v.formation_energy_per_atom for v in values], pa.float64()
+        ),
+        "e_above_hull": pa.array([v and v.e_above_hull for v in values], pa.float64()),
+        "hull_status": pa.array([v and v.status for v in values], pa.string()),
         "hull_reference": pa.array([run.hull.name] * n, pa.string()),
-        "hull_reference_phases": pa.array(phases, pa.int32()),
+        "hull_reference_phases": pa.array([v and v.phases for v in values], pa.int32()),
         "stable": pa.array(stable),
     }
 

@@ -114,3 +114,33 @@ def stable_flags(e_above_hull: np.ndarray, threshold: float = STABLE_THRESHOLD) 
     """(B,) bool: ``e_above_hull <= threshold``; NaN counts as not stable."""
     with np.errstate(invalid="ignore"):
         return np.asarray(e_above_hull, dtype=np.float64) <= threshold
+
+
+class ExcludingHull(HullReference):
+    """Another hull without some materials, as if they were not known (a rediscovery
+    benchmark's targets).
+
+    Drops every entry of the ``material_ids`` (``mp-1``, ``mp-1:hull``, ``mp-1-GGA``) and, with
+    them, the hull points other rows imply (ids ending in ``:hull``, crysray.filter.local_hull)
+    in every chemical system that contains an excluded material's elements: those points lie on
+    a hull that included the excluded material, and would leak its energy.
+    """
+
+    def __init__(self, inner: HullReference, material_ids, chemsystems):
+        super().__init__()
+        self.inner, self.name = inner, inner.name
+        self.material_ids = frozenset(material_ids)
+        self.chemsystems = [frozenset(c) for c in chemsystems]
+
+    def _dropped(self, entry: ComputedEntry) -> bool:
+        base = str(entry.entry_id).split(":")[0]
+        if base in self.material_ids or any(base.startswith(m + "-") for m in self.material_ids):
+            return True
+        implied = str(entry.entry_id).endswith(":hull")
+        return implied and any(c <= chemsys_of(entry.composition) for c in self.chemsystems)
+
+    def entries(self, chemsys: frozenset[str]) -> list[ComputedEntry]:
+        return [e for e in self.inner.entries(chemsys) if not self._dropped(e)]
+
+    def describe(self) -> dict:
+        return {**self.inner.describe(), "excluded_materials": sorted(self.material_ids)}

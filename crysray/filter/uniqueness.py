@@ -44,7 +44,7 @@ def uniqueness(
         if s is None:
             continue
         group = representatives[s.composition.reduced_formula]
-        match = next((j for j in group if _fits(matcher, structures[j], s)), None)
+        match = next((j for j in group if structures_fit(matcher, structures[j], s)), None)
         if match is None:
             group.append(i)
             unique[i] = True
@@ -98,11 +98,11 @@ def novelty(
     for i, s in enumerate(structures):
         if s is not None:
             known = training.structures_with_formula(s.composition.reduced_formula)
-            novel[i] = not any(_fits(matcher, k, s) for k in known)
+            novel[i] = not any(structures_fit(matcher, k, s) for k in known)
     return novel
 
 
-def _fits(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
+def structures_fit(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
     try:
         return bool(matcher.fit(a, b))
     except Exception:  # noqa: BLE001 - odd cells can break the lattice search; no match then

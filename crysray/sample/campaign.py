@@ -44,7 +44,7 @@ ATTEMPTS_DIR = "attempts"
 MAX_UNIT_ATTEMPTS = 3
 DIED = "the replica died during the attempt (out of memory?)"
 # what the manifest records about how a run went, besides what the run is
-RUN_RECORDS = ("failed_units", "skipped_compositions", "out_of_domain")
+RUN_RECORDS = ("failed_units", "skipped_compositions", "out_of_domain", "campaign")
 
 
 class RunDirectoryError(ValueError):
