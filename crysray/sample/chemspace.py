@@ -64,12 +64,12 @@ def reduced_formulas(elements: tuple[str, ...], max_atoms: int) -> list[Composit
     from smact.screening import smact_validity
 
     out = []
-    for amounts in _amounts(len(elements), max_atoms):
-        if reduce(math.gcd, amounts) != 1:
-            continue
-        composition = Composition(dict(zip(elements, amounts)))
-        with warnings.catch_warnings():  # SMACT warns about elements without Pauling data
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # SMACT warns about elements without Pauling data
+        warnings.simplefilter("ignore")
+        for amounts in _amounts(len(elements), max_atoms):
+            if reduce(math.gcd, amounts) != 1:
+                continue
+            composition = Composition(dict(zip(elements, amounts)))
             if smact_validity(composition, mixed_valence=True):
                 out.append(composition)
     return out

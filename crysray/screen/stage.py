@@ -98,14 +98,15 @@ class ScreenUnitWorker:
             return out
         rows = self.store.read_table(input_key(unit))
         start = time.perf_counter()
-        parts = []
+        parts, seconds = [], {}
         for formula in sorted(set(rows["formula"].to_pylist())):
             group = rows.filter(pc.equal(rows["formula"], formula))
-            parts.append(screen_formula(group, self.screen, self.funnel, self.models))
+            parts.append(screen_formula(group, self.screen, self.funnel, self.models, seconds))
             if self.progress is not None:
                 self.progress.add(group.num_rows)
         table = pa.concat_tables(parts)
-        counts = {**tier_counts(table), "seconds": time.perf_counter() - start}
+        counts = {**tier_counts(table), "seconds": time.perf_counter() - start,
+                  "tier_seconds": seconds}  # fmt: skip
         self.store.make_dir(COUNTS_DIR)
         self.store.write_text(_counts_key(unit), json.dumps(counts))
         self.store.write_table(out, table)

@@ -25,6 +25,7 @@ a tier's cost and what it lost can be measured from the rows.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -53,8 +54,10 @@ class Models:
 
 
 def screen_formula(rows: pa.Table, screen: ScreenConfig, funnel: FunnelConfig,
-                   models: Models) -> pa.Table:  # fmt: skip
-    """The tiers over the samples of one reduced formula; the rows with the tier columns."""
+                   models: Models, seconds: dict | None = None) -> pa.Table:  # fmt: skip
+    """The tiers over the samples of one reduced formula; the rows with the tier columns.
+    ``seconds``, if given, is added to: wall time per tier."""
+    clock = _Clock(seconds if seconds is not None else {})
     ids = rows["sample_id"].to_pylist()
     arrays = table_arrays(rows)
     n = len(ids)
@@ -63,7 +66,9 @@ def screen_formula(rows: pa.Table, screen: ScreenConfig, funnel: FunnelConfig,
     for i in np.flatnonzero(~np.asarray(valid, dtype=bool)):
         tier[i] = "structure"
     structures = [arrays_to_structure(*a) if ok else None for a, ok in zip(arrays, valid)]
+    clock("structure")
     unique, duplicate_of = uniqueness(structures, ids)
+    clock("duplicate")
     for i in range(n):
         if tier[i] is None and not unique[i]:
             tier[i] = "duplicate"
@@ -77,10 +82,12 @@ def screen_formula(rows: pa.Table, screen: ScreenConfig, funnel: FunnelConfig,
             tier[i] = "prerelax_failed"
     for i, why in _prerelax_cut(pre, pre_hull, screen).items():
         tier[i] = why
+    clock("prerelax")
 
     survivors = [i for i in distinct if tier[i] is None]
     full = dict(zip(survivors, relax_arrays([_arrays(pre[i]) for i in survivors],
                                             models.potential, funnel)))  # fmt: skip
+    clock("relax")
     for i in survivors:
         if full[i].status != "converged" or full[i].energy_per_atom is None:
             tier[i] = "relax_failed"
@@ -89,7 +96,22 @@ def screen_formula(rows: pa.Table, screen: ScreenConfig, funnel: FunnelConfig,
         tier[i], duplicate_of[i] = "relaxed_duplicate", of
     for i in range(n):
         tier[i] = tier[i] or "candidate"
-    return _attach(rows, tier, duplicate_of, pre, pre_hull, full, funnel, models)
+    clock("relaxed_duplicate")
+    out = _attach(rows, tier, duplicate_of, pre, pre_hull, full, funnel, models)
+    clock("hull_and_known")
+    return out
+
+
+class _Clock:
+    """Adds the time since the last call to ``seconds[name]``."""
+
+    def __init__(self, seconds: dict):
+        self.seconds, self.last = seconds, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def _e_hull(relaxed: Relaxed, models: Models) -> float | None:
