@@ -61,6 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="CSV of material_id,formula: materials treated as unknown, left "
         "out of the hull and of the known materials (rediscovery benchmarks)",
     )
+    systems.add_argument(
+        "--known",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="CSV splits (CDVAE format) of known materials: candidates matching one are named, "
+        "not called novel (default: the model's training split and, with --hull local, the "
+        "hull's own splits)",
+    )
     p.add_argument(
         "--model",
         "--checkpoint",
@@ -166,9 +175,15 @@ def _plan(args, store, screen, funnel, cells, per_system, hull_exclude):
     section = {"systems": per_system, "screen": screen.as_dict(), "funnel": funnel.as_dict(),
                "hull": hull, "hull_exclude": sorted(hull_exclude)}  # fmt: skip
     check_campaign_section(store, section)
-    train = dataset_path(payload["config"]["data"]["dataset"], "train")
-    known = [str(train)] + ([str(p) for p in default_local_sources()]
-                            if funnel.hull == "local" else [])  # fmt: skip
+    if args.known:
+        known = [str(p) for p in args.known]
+    else:
+        train = dataset_path(payload["config"]["data"]["dataset"], "train")
+        known = [str(train)] + ([str(p) for p in default_local_sources()]
+                                if funnel.hull == "local" else [])  # fmt: skip
+    for path in known:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--known: no such file {path}")
     with tempfile.TemporaryDirectory(prefix="crysray-campaign-") as scratch:
         options = _sample_options(args, screen, write_compositions(cells, Path(scratch)), cells)
         plan = plan_campaign(options, store, payload, None)

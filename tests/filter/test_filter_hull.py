@@ -163,3 +163,28 @@ def test_known_stable_crystal_sits_on_the_hull_and_a_strained_copy_above(
     assert abs(e_hull[0]) < 0.1 and e_hull[1] > e_hull[0] + 0.02
     per_atom = (corrected[1] - corrected[0]) / comp.num_atoms
     assert e_hull[1] - e_hull[0] == pytest.approx(per_atom, abs=1e-9)  # the hull is fixed
+
+
+def test_an_excluded_material_leaves_the_hull_with_the_points_that_would_leak_it():
+    from crysray.filter.hull import ExcludingHull
+
+    def entry(formula, energy_per_atom, entry_id):
+        c = Composition(formula)
+        return ComputedEntry(c, energy_per_atom * c.num_atoms, entry_id=entry_id)
+
+    entries = [
+        entry("Li", 0.0, "Li"), entry("O", 0.0, "O"),
+        entry("Li2O", -2.0, "mp-1"),  # the ground state to rediscover
+        entry("Li2O", -1.8, "mp-9"),  # a known polymorph, kept
+        entry("Li2O", -2.0, "mp-9:hull"),  # mp-9's hull point: Li2O's own energy
+        entry("LiO", -1.0, "mp-2"),
+        entry("Li2NaO", -1.5, "mp-3:hull"),  # implied by a hull that included mp-1
+    ]  # fmt: skip
+    full = IndexedHull(entries)
+    hull = ExcludingHull(full, {"mp-1"}, [frozenset({"Li", "O"})])
+    ids = {e.entry_id for e in hull.entries(frozenset({"Li", "O", "Na"}))}
+    assert ids == {"Li", "O", "mp-9", "mp-2"}
+    li2o = Composition("Li2O")
+    assert full.e_above_hull(li2o, -1.8 * 3).e_above_hull == pytest.approx(0.2)
+    assert hull.e_above_hull(li2o, -1.8 * 3).e_above_hull == pytest.approx(0.0, abs=1e-9)
+    assert hull.describe()["excluded_materials"] == ["mp-1"]

@@ -1,0 +1,84 @@
+"""jobs/campaign.py end to end on real Ray, the shipped Materials Project model and MatGL:
+per-system outputs, counts that add up, resume, refusal of other settings."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from crysray.data.csv import dataset_path
+
+
+@pytest.fixture(scope="module")
+def known_csv(tmp_path_factory, shared_data):
+    """A small set of known materials (the campaign's default loads every MP-derived split)."""
+    path = tmp_path_factory.mktemp("known") / "known.csv"
+    pd.read_csv(dataset_path("mp_20_pilot", "train"), nrows=40).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.needs_shared
+def test_campaign_ranks_candidates_per_system_writes_dft_inputs_and_resumes(tmp_path, job,
+                                                                           known_csv):  # fmt: skip
+    out = tmp_path / "screen"
+    exclude = tmp_path / "exclude.csv"
+    exclude.write_text("mp-22862,NaCl\n")
+    args = ["--chemsys", "Na-Cl", "K-Cl", "--max-atoms", 4, "--samples-per-composition", 4,
+            "--prerelax-steps", 5, "--prerelax-keep", 2, "--relax-steps", 150,
+            "--top-candidates", 2, "--known", known_csv, "--hull-exclude", exclude,
+            "--funnel-replicas", 2, "--out", out]  # fmt: skip
+    first = job("campaign.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    systems = manifest["campaign"]["systems"]
+    assert set(systems) == {"Cl-Na", "Cl-K"}
+    cells = sum(s["cells"] for s in systems.values())
+    assert manifest["num_samples"] == 4 * cells
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 4 * cells
+    tiers = summary["tiers"]
+    assert sum(tiers["removed"].values()) == summary["samples"]  # every sample accounted for
+    assert tiers["full_relaxations"] <= 2 * len(
+        {r for r in ds.dataset(out / "data").to_table(columns=["formula"])["formula"].to_pylist()}
+    )  # at most --prerelax-keep per formula
+    assert summary["hull"]["excluded_materials"] == ["mp-22862"]
+
+    screened = ds.dataset(sorted((out / "screen").glob("unit-*.parquet"))).to_table()
+    assert screened.num_rows == summary["samples"]
+    for system in ("Cl-Na", "Cl-K"):
+        folder = out / "systems" / system
+        ranked = pd.read_parquet(folder / "candidates.parquet")
+        assert len(ranked) == summary["systems"][system]["candidates"] > 0
+        assert list(ranked["rank"]) == list(range(1, len(ranked) + 1))
+        e_hull = ranked["e_above_hull"].dropna().tolist()
+        assert e_hull == sorted(e_hull)
+        assert set(ranked["tier"]) == {"candidate"}
+        assert (ranked["relax_status"] == "converged").all()
+        assert ranked["relaxed_lattice"].map(len).eq(9).all()
+        assert (folder / "hull.png").stat().st_size > 1000
+        novel = ranked[ranked["novel"]]
+        cifs = sorted((folder / "cif").glob("*.cif")) if (folder / "cif").exists() else []
+        assert len(cifs) == min(2, len(novel))
+        for cif, sample in zip(cifs, novel["sample_id"]):
+            assert cif.name.startswith(sample)
+        if len(novel):
+            dft = sorted(p for p in (folder / "dft").iterdir() if p.is_dir())
+            assert {"INCAR", "KPOINTS", "POSCAR", "POTCAR.spec"} <= {
+                p.name for p in dft[0].iterdir()
+            }
+    report = (out / "report.md").read_text()
+    assert "## Cl-Na" in report and "![Cl-Na hull](systems/Cl-Na/hull.png)" in report
+
+    before = {p: p.stat().st_mtime_ns for p in (out / "screen").glob("unit-*.parquet")}
+    again = job("campaign.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "screen").glob("unit-*.parquet")} == before
+    assert json.loads((out / "summary.json").read_text())["tiers"] == tiers
+
+    other = job("campaign.py", *[a if a != 2 else 3 for a in args])
+    assert other.returncode == 2 and "other settings" in other.stderr
