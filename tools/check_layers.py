@@ -25,6 +25,7 @@ LAYERS = [
     ("maths", ["crysray.nets", "crysray.methods"]),
     ("data and training", ["crysray.data", "crysray.train"]),
     ("sampling and funnel", ["crysray.sample", "crysray.filter"]),
+    ("screening campaigns", ["crysray.screen"]),
     ("evaluation and reports", ["crysray.eval", "crysray.report"]),
     # the evaluation entry points (python -m crysray.eval.run_csp) are command lines too
     ("command line and Ray", ["crysray.cli", "crysray.commands", "crysray.command",

@@ -15,7 +15,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from crysray.filter.composition import composition_of
-from crysray.filter.uniqueness import default_matcher, structures_fit
+from crysray.filter.uniqueness import default_matcher, prepare_for_matching, prepared_fit
 from crysray.structures import arrays_to_structure
 
 
@@ -39,22 +39,27 @@ class KnownMaterials:
                     (str(material), (table.lattice[m], fracs[m], numbers[m]))
                 )
         self._built: dict[str, list[tuple[str, Structure]]] = {}
+        self.matcher = default_matcher()
 
     def __len__(self) -> int:
         return sum(map(len, self._rows.values()))
 
     def of_formula(self, formula: str) -> list[tuple[str, Structure]]:
+        """The known crystals of ``formula``, reduced for matching (built once)."""
         if formula not in self._built:
-            self._built[formula] = [(m, arrays_to_structure(*a)) for m, a in self._rows[formula]]
+            self._built[formula] = [
+                (m, prepare_for_matching(self.matcher, arrays_to_structure(*a)))
+                for m, a in self._rows[formula]
+            ]
         return self._built[formula]
 
     def matches(self, structures: list[Structure | None]) -> list[str | None]:
         """The id of a known crystal each structure matches, else None."""
-        matcher = default_matcher()
         out = []
         for s in structures:
             known = self.of_formula(s.composition.reduced_formula) if s is not None else []
-            out.append(next((m for m, k in known if structures_fit(matcher, k, s)), None))
+            mine = prepare_for_matching(self.matcher, s)
+            out.append(next((m for m, k in known if prepared_fit(self.matcher, k, mine)), None))
         return out
 
 

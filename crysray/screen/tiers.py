@@ -35,7 +35,12 @@ import pyarrow as pa
 from crysray.filter.config import FunnelConfig
 from crysray.filter.funnel import Relaxed, hull_values, relax_arrays, structure_flags
 from crysray.filter.hull import HullReference
-from crysray.filter.uniqueness import default_matcher, structures_fit, uniqueness
+from crysray.filter.uniqueness import (
+    default_matcher,
+    prepare_for_matching,
+    prepared_fit,
+    uniqueness,
+)
 from crysray.screen.config import ScreenConfig
 from crysray.structures import arrays_to_structure, table_arrays
 
@@ -137,10 +142,11 @@ def _prerelax_cut(pre: dict, pre_hull: dict, screen: ScreenConfig) -> dict[int, 
 def _merge_relaxed(rows: list[int], full: dict, ids: list[str]) -> dict[int, str]:
     """Relaxed duplicates, lowest energy first: {row: sample_id of the kept match}."""
     order = sorted(rows, key=lambda i: (full[i].energy_per_atom, i))
-    structures = [arrays_to_structure(*_arrays(full[i])) for i in order]
     matcher, kept, merged = default_matcher(), [], {}
+    structures = [prepare_for_matching(matcher, arrays_to_structure(*_arrays(full[i])))
+                  for i in order]  # fmt: skip
     for i, s in zip(order, structures):
-        match = next((j for j, t in kept if structures_fit(matcher, t, s)), None)
+        match = next((j for j, t in kept if prepared_fit(matcher, t, s)), None)
         if match is None:
             kept.append((i, s))
         else:
