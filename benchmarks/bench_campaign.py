@@ -14,7 +14,7 @@ The campaign runs exactly as a user runs it (``crysray.command.campaign.campaign
 hull, shipped Materials Project model), then:
 
 - found: a candidate of the target's formula that is stable (converged, within the funnel's
-  ``stable_threshold`` of the hull) and matches the target (StructureMatcher defaults);
+  ``stable_threshold`` of the hull) and matches the target (E2's matcher, ``candidate_rms``);
 - relaxing everything: every sample of the target's formula that a tier removed is relaxed
   fully from its raw structure (``relax_arrays``, the funnel's settings) and placed on the same
   hull; a target found that way but not by the campaign is a rediscovery the tiers lost,
