@@ -82,3 +82,26 @@ def test_campaign_ranks_candidates_per_system_writes_dft_inputs_and_resumes(tmp_
 
     other = job("campaign.py", *[a if a != 2 else 3 for a in args])
     assert other.returncode == 2 and "other settings" in other.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.needs_shared
+def test_a_campaign_writes_to_object_storage(job, s3_bucket, known_csv):
+    from s3_server import DUMMY_KEYS
+
+    from crysray.storage import Storage
+
+    url = s3_bucket.url("screen")
+    result = job("campaign.py", "--chemsys", "Na-Cl", "--max-atoms", 2,
+                 "--samples-per-composition", 2, "--prerelax-steps", 3, "--relax-steps", 100,
+                 "--known", known_csv, "--out", url)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = set(s3_bucket.objects("screen"))
+    for key in ("manifest.json", "summary.json", "report.md", "systems/Cl-Na/candidates.parquet",
+                "systems/Cl-Na/hull.png"):  # fmt: skip
+        assert f"screen/{key}" in keys
+    store = Storage(url)
+    assert json.loads(store.read_text("summary.json"))["samples"] == 2
+    for key in keys:
+        data = store.read_bytes(key.removeprefix("screen/"))
+        assert not any(secret.encode() in data for secret in DUMMY_KEYS.values()), key
