@@ -206,6 +206,12 @@ def main() -> None:
     )
     p.add_argument("--tag", default="")
     p.add_argument(
+        "--max-atoms-per-batch",
+        type=int,
+        default=FunnelConfig.max_atoms_per_batch,
+        help="atoms per MatGL call (the val run was made with 2000, then the default)",
+    )
+    p.add_argument(
         "--sweep",
         action="store_true",
         help="also measure other tier settings on the targets' formulas "
@@ -223,7 +229,8 @@ def main() -> None:
     summary = campaign(chemsys=systems, out=str(work.resolve()), max_atoms=args.max_atoms,
                        samples_per_composition=args.k, checkpoint=args.model,
                        replicas=args.replicas, funnel_replicas=args.funnel_replicas,
-                       hull_exclude=exclude)  # fmt: skip
+                       hull_exclude=exclude,
+                       max_atoms_per_batch=args.max_atoms_per_batch)  # fmt: skip
     wall = time.perf_counter() - start
     torch.set_num_threads(1)
     funnel = FunnelConfig(**summary["funnel"])

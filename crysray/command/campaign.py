@@ -140,18 +140,18 @@ def run_campaign(args) -> dict:
     args.checkpoint = resolve_model(args.checkpoint)
     store = Storage(args.out)
     funnel = funnel_config_from_args(args)
+    from crysray.command.sample import sample_with_ray
+    from crysray.screen.report import write_campaign_report
+    from crysray.screen.stage import add_seconds
+
     start = time.perf_counter()
     plan, sample_options, known_paths = _plan(args, store, screen, funnel, cells, per_system,
                                               hull_exclude)  # fmt: skip
-    from crysray.command.sample import sample_with_ray
-
     sampled = sample_with_ray(sample_options, store, plan, None)
-    seconds = {"sampling": time.perf_counter() - start}
+    seconds = add_seconds(store, "sampling", time.perf_counter() - start if plan.todo else 0.0)
     start = time.perf_counter()
-    _screen(args, store, screen, funnel, known_paths, hull_exclude)
-    seconds["screening"] = time.perf_counter() - start
-    from crysray.screen.report import write_campaign_report
-
+    if _screen(args, store, screen, funnel, known_paths, hull_exclude):
+        seconds = add_seconds(store, "screening", time.perf_counter() - start)
     return write_campaign_report(store, systems, per_system, screen, funnel, hull_exclude,
                                  seconds, sampled)  # fmt: skip
 
@@ -207,14 +207,15 @@ def _sample_options(args, screen, compositions: Path, cells) -> argparse.Namespa
     return options
 
 
-def _screen(args, store, screen, funnel, known_paths, hull_exclude) -> None:
+def _screen(args, store, screen, funnel, known_paths, hull_exclude) -> bool:
+    """The tiered funnel over the units not screened yet; False when there were none."""
     from crysray.console import Progress, quiet_stderr
     from crysray.screen.stage import regroup, screened_units
 
     units = regroup(store, screen)
     todo = sorted(set(units) - set(screened_units(store)))
     if not todo:
-        return
+        return False
     from crysray.command.common import log_file
 
     args.log_file = log_file(store, "campaign")
@@ -227,6 +228,7 @@ def _screen(args, store, screen, funnel, known_paths, hull_exclude) -> None:
                      on_progress=progress.update_to)  # fmt: skip
         progress.update_to(total)
         progress.close()
+    return True
 
 
 def _read_exclusions(items: list[str]) -> set[str]:

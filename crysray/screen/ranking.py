@@ -109,9 +109,13 @@ def _upload(store: Storage, local: Path, key: str) -> None:
 def draw_hull(chemsys: str, rows: pa.Table, hull: HullReference, references, path: Path) -> bool:
     """pymatgen's hull diagram of a binary or ternary system: the reference phases, plus the
     lowest candidate of each composition, marked with a star; False for larger systems."""
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    # pymatgen's ternary plot sets an aspect that matplotlib reports on every figure
+    logging.getLogger("matplotlib.axes._base").setLevel(logging.ERROR)
     import matplotlib.pyplot as plt
     from pymatgen.analysis.phase_diagram import PDPlotter, PhaseDiagram
     from pymatgen.entries.computed_entries import ComputedEntry

@@ -141,6 +141,20 @@ def campaign_hull(funnel: FunnelConfig, hull_exclude=()):
     return ExcludingHull(hull, excluded, systems)
 
 
+SECONDS = f"{SCREEN_DIR}/_seconds.json"
+
+
+def add_seconds(run_dir: Location, stage: str, seconds: float) -> dict:
+    """Add a stage's wall time to the campaign's record (a resumed campaign adds only the
+    time of the work it did); returns every stage's total so far."""
+    store = storage_of(run_dir)
+    total = json.loads(store.read_text(SECONDS)) if store.exists(SECONDS) else {}
+    total[stage] = total.get(stage, 0.0) + seconds
+    store.make_dir(SCREEN_DIR)
+    store.write_text(SECONDS, json.dumps(total))
+    return total
+
+
 def screen_counts(run_dir: Location) -> dict:
     """The tier counts of every screened unit, added up."""
     store = storage_of(run_dir)
