@@ -130,11 +130,13 @@ def _prerelax_cut(pre: dict, pre_hull: dict, screen: ScreenConfig) -> dict[int, 
         return {}
     best = min(energies.values())
     ranked = sorted(energies, key=lambda i: (energies[i], i))
+    cut = screen.prerelax_hull_cut
     removed = {}
     for rank, i in enumerate(ranked):
-        if rank >= screen.prerelax_keep or energies[i] > best + screen.prerelax_window:
+        window = screen.prerelax_window if screen.prerelax_window is not None else np.inf
+        if rank >= screen.prerelax_keep or energies[i] > best + window:
             removed[i] = "prerelax_energy"
-        elif pre_hull.get(i) is not None and pre_hull[i] > screen.prerelax_hull_cut:
+        elif cut is not None and pre_hull.get(i) is not None and pre_hull[i] > cut:
             removed[i] = "prerelax_hull"
     return removed
 
