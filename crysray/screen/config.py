@@ -10,7 +10,7 @@ everything finds pre-relaxed for 1, 5, 10 and 20 FIRE steps and relaxed fully). 
 lowest of each composition after 5 steps, with no energy window, relaxes 17% of the samples
 fully (5.8x fewer) and finds 11 of the 17; 20 steps find no more (11), and a 0.2 eV/atom
 window loses more (8 at 5 steps): a rediscovered ground state is often a poor sample (up to
-1 eV/atom above the best of its composition after 20 steps) that only a full relaxation
+1.6 eV/atom above the best of its composition after 20 steps) that only a full relaxation
 brings home. Pruning by energy therefore costs rediscoveries with this model; the trade-off
 is measured, see the README. ``prerelax_keep`` large and the window unset relax everything.
 """
