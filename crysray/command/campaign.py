@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="CSV of material_id,formula: materials treated as unknown, left "
-        "out of the hull and of the known materials (rediscovery benchmarks)",
+        "out of the hull and of the known materials (rediscovery benchmarks; default: none)",
     )
     systems.add_argument(
         "--known",
@@ -172,9 +172,6 @@ def _plan(args, store, screen, funnel, cells, per_system, hull_exclude):
     if payload["config"]["method"]["task"] != "csp":
         raise ValueError(f"{args.checkpoint} is not a CSP model; a campaign needs one")
     hull = prepare_hull(funnel, {c.reduced_formula for c in cells}, args.mp_api_key)
-    section = {"systems": per_system, "screen": screen.as_dict(), "funnel": funnel.as_dict(),
-               "hull": hull, "hull_exclude": sorted(hull_exclude)}  # fmt: skip
-    check_campaign_section(store, section)
     if args.known:
         known = [str(p) for p in args.known]
     else:
@@ -184,6 +181,10 @@ def _plan(args, store, screen, funnel, cells, per_system, hull_exclude):
     for path in known:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--known: no such file {path}")
+    section = {"systems": per_system, "screen": screen.as_dict(), "funnel": funnel.as_dict(),
+               "hull": hull, "hull_exclude": sorted(hull_exclude),
+               "known": [Path(p).name for p in known]}  # fmt: skip
+    check_campaign_section(store, section)
     with tempfile.TemporaryDirectory(prefix="crysray-campaign-") as scratch:
         options = _sample_options(args, screen, write_compositions(cells, Path(scratch)), cells)
         plan = plan_campaign(options, store, payload, None)

@@ -70,7 +70,7 @@ def check_campaign_section(store: Storage, section: dict) -> None:
     if saved is None:
         raise ValueError(f"{store.display()} holds a sampling run that is not a campaign; "
                          "choose a new --out")  # fmt: skip
-    keys = ("systems", "screen", "funnel", "hull_exclude")
+    keys = ("systems", "screen", "funnel", "hull_exclude", "known")
     changed = [k for k in keys if json.dumps(saved.get(k), sort_keys=True)
                != json.dumps(section[k], sort_keys=True)]  # fmt: skip
     if changed:

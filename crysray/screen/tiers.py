@@ -131,9 +131,9 @@ def _prerelax_cut(pre: dict, pre_hull: dict, screen: ScreenConfig) -> dict[int, 
     best = min(energies.values())
     ranked = sorted(energies, key=lambda i: (energies[i], i))
     cut = screen.prerelax_hull_cut
+    window = screen.prerelax_window if screen.prerelax_window is not None else np.inf
     removed = {}
     for rank, i in enumerate(ranked):
-        window = screen.prerelax_window if screen.prerelax_window is not None else np.inf
         if rank >= screen.prerelax_keep or energies[i] > best + window:
             removed[i] = "prerelax_energy"
         elif cut is not None and pre_hull.get(i) is not None and pre_hull[i] > cut:

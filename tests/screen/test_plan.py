@@ -69,7 +69,7 @@ def test_compositions_file_names_each_cell_with_its_system(tmp_path):
 def test_a_campaign_resumed_with_other_settings_is_refused(tmp_path):
     store = Storage(str(tmp_path))
     section = {"systems": {"Cl-Na": {"cells": 3}}, "screen": ScreenConfig().as_dict(),
-               "funnel": {"hull": "local"}, "hull_exclude": []}  # fmt: skip
+               "funnel": {"hull": "local"}, "hull_exclude": [], "known": ["train.csv"]}  # fmt: skip
     check_campaign_section(store, section)  # a new run: nothing to compare
     (tmp_path / "manifest.json").write_text(json.dumps({"task": "csp", "campaign": section}))
     check_campaign_section(store, section)  # the same settings resume
