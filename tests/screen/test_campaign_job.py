@@ -105,3 +105,44 @@ def test_a_campaign_writes_to_object_storage(job, s3_bucket, known_csv):
     for key in keys:
         data = store.read_bytes(key.removeprefix("screen/"))
         assert not any(secret.encode() in data for secret in DUMMY_KEYS.values()), key
+
+
+@pytest.mark.slow
+@pytest.mark.needs_shared
+def test_a_campaign_on_the_materials_project_hull_fetches_once(job, tmp_path, monkeypatch,
+                                                               known_csv):  # fmt: skip
+    """--hull mp through the real mp-api client against the test's MP server on 127.0.0.1:
+    the driver fetches the systems once into the cache; a second campaign on the same systems
+    sends no request; the key is never written."""
+    from mp_server import KEY, materials_from_rows, mp20_rows, serving, thermo_docs
+    from pymatgen.core import Composition
+
+    rows = mp20_rows()
+    elements = {"Na", "K", "Cl"}
+    mine = rows[[set(Composition(f).as_dict()) <= elements for f in rows["pretty_formula"]]]
+    docs = thermo_docs(materials_from_rows(mine))
+    args = ["--chemsys", "Na-Cl", "K-Cl", "--max-atoms", 2, "--samples-per-composition", 2,
+            "--prerelax-steps", 3, "--relax-steps", 100, "--hull", "mp",
+            "--known", known_csv]  # fmt: skip
+    with serving(monkeypatch, thermo=docs) as server:
+        first = job("campaign.py", *args, "--out", tmp_path / "first")
+        assert first.returncode == 0, first.stderr[-3000:]
+        fetched = len(server.data_requests())
+        assert fetched > 0
+        second = job("campaign.py", *args, "--out", tmp_path / "second")
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert len(server.data_requests()) == fetched  # the cache answered
+    for run in ("first", "second"):
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        assert summary["hull"]["name"] == "mp"
+        for system in ("Cl-Na", "Cl-K"):
+            ranked = pd.read_parquet(tmp_path / run / "systems" / system / "candidates.parquet")
+            assert (ranked["hull_reference"] == "mp").all()
+            assert ranked["e_above_hull"].notna().all()
+        assert (ranked["hull_reference_phases"] >= 1).all()  # KCl is served
+    manifest = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    assert manifest["campaign"]["hull"]["fetched"] > 0
+    second_manifest = json.loads((tmp_path / "second" / "manifest.json").read_text())
+    assert second_manifest["campaign"]["hull"]["fetched"] == 0
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert KEY.encode() not in written
