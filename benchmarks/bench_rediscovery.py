@@ -41,8 +41,8 @@ from crysray.data.csv import dataset_path, load_split
 from crysray.eval.csp import candidate_rms
 from crysray.eval.rediscovery import CandidateScores, rediscovery_rates
 from crysray.filter.config import FunnelConfig
+from crysray.filter.funnel import relax_arrays
 from crysray.filter.potential import load_potential, model_name
-from crysray.filter.relax import relax_batch
 from crysray.filter.uniqueness import uniqueness
 from crysray.resources import dataset_file
 from crysray.sample.random_search import pyxtal_candidates, random_cell_candidates
@@ -103,25 +103,16 @@ def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int,
     usable = [(b, j, c) for b, j, c in flat if c is not None]
     arrays = [structure_to_arrays(c) for _, _, c in usable]
     config = FunnelConfig(relax_steps=args.relax_steps)
-    result = relax_batch(
-        potential,
-        np.stack([a[0] for a in arrays]),
-        [a[1] for a in arrays],
-        [a[2] for a in arrays],
-        fmax=config.fmax,
-        relax_steps=config.relax_steps,
-        max_atoms_per_batch=config.max_atoms_per_batch,
-    )
+    result = relax_arrays(arrays, potential, config)  # the funnel's relaxation and energy rule
     relaxed_at = time.perf_counter()
     relaxed = {}
-    for i, (b, j, _) in enumerate(usable):
-        ok = result.status[i] in ("converged", "not_converged") and np.isfinite(result.energy[i])
-        lattice, frac = result.lattice[i], result.frac_coords[i]
+    for (b, j, _), r in zip(usable, result):
+        ok = r.energy_per_atom is not None
         relaxed[(b, j)] = (
-            arrays_to_structure(lattice, frac, arrays[i][2]) if ok else None,
-            float(result.energy[i]) / len(arrays[i][2]) if ok else float("nan"),
-            result.status[i],
-            int(result.steps[i]),
+            arrays_to_structure(r.lattice, r.frac_coords, r.atomic_numbers) if ok else None,
+            r.energy_per_atom if ok else float("nan"),
+            r.status,
+            r.steps,
         )
     after = [[relaxed.get((b, j), (None,))[0] for j in range(k)] for b in range(len(targets))]
     # which raw candidates repeat an earlier one of the same target (the funnel's uniqueness
@@ -148,7 +139,7 @@ def run_chunk(chunk: int, ids, targets, generator: Generator, potential, k: int,
         "match_seconds": time.perf_counter() - relaxed_at,
         "relaxations": len(usable),
         "distinct_raw": int(sum(unique.sum() for unique, _ in grouped)),
-        "fire_steps": int(np.sum(result.steps)),
+        "fire_steps": sum(r.steps for r in result),
     }
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA), timing
 
